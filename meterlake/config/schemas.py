@@ -1,0 +1,276 @@
+"""The column contract of every lake table, defined once.
+
+Every stored timestamp is UTC (``Datetime("us", "UTC")``); energy is Float64 kWh; money is
+Decimal. Column names end in their unit. Each table is hive-partitioned by one key derived from
+one of its time columns (``date=YYYY-MM-DD`` or ``month=YYYY-MM``) or carried as a column
+(``period=YYYY-MM``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final, Literal
+
+import polars as pl
+
+UTC_TS: Final = pl.Datetime("us", "UTC")
+FLAGS: Final = pl.List(pl.String)
+MONEY: Final = pl.Decimal(18, 4)
+RATE: Final = pl.Decimal(18, 8)
+
+PartitionKind = Literal["date", "month", "period"]
+
+
+class Quality(StrEnum):
+    """Flags a reading may carry in its ``quality`` list (an empty list: a good reading)."""
+
+    CLOCK_INVALID = "clock_invalid"
+    TOTAL_UNRELIABLE = "total_unreliable"
+    DUPLICATE_CONFLICT = "duplicate_conflict"
+    INVALID_VALUE = "invalid_value"
+    OUT_OF_RANGE = "out_of_range"
+    ESTIMATED = "estimated"
+
+
+QUALITY_MEANINGS: Final[dict[Quality, str]] = {
+    Quality.CLOCK_INVALID: "the device clock was not trusted; ts is the gateway's read time",
+    Quality.TOTAL_UNRELIABLE: "the device reported its cumulative total as unreliable",
+    Quality.DUPLICATE_CONFLICT: "another reading with the same meter_id, quantity and ts "
+    "has a different value",
+    Quality.INVALID_VALUE: "the value was NaN or infinite as read; kept, never turned into 0",
+    Quality.OUT_OF_RANGE: "the value is outside what the quantity can physically be",
+    Quality.ESTIMATED: "the value was not measured but estimated upstream",
+}
+
+
+class IntervalStatus(StrEnum):
+    """The ``status`` of an interval."""
+
+    ACTUAL = "actual"
+    ESTIMATED = "estimated"
+    EDITED = "edited"
+    MISSING = "missing"
+    SUSPECT = "suspect"
+
+
+# Canonical quantities and their units. Names end in their unit; per-TOU-register energies follow
+# ENERGY_TOU_PATTERN (``energy_import_t1_kwh`` ...).
+QUANTITIES: Final[dict[str, str]] = {
+    "energy_import_kwh": "kWh",
+    "energy_export_kwh": "kWh",
+    "energy_reactive_import_kvarh": "kvarh",
+    "energy_reactive_export_kvarh": "kvarh",
+    "power_w": "W",
+    "power_l1_w": "W",
+    "power_l2_w": "W",
+    "power_l3_w": "W",
+    "reactive_power_var": "var",
+    "apparent_power_va": "VA",
+    "voltage_v": "V",
+    "voltage_l1_v": "V",
+    "voltage_l2_v": "V",
+    "voltage_l3_v": "V",
+    "current_a": "A",
+    "current_l1_a": "A",
+    "current_l2_a": "A",
+    "current_l3_a": "A",
+    "frequency_hz": "Hz",
+    "power_factor": "1",
+    "balance": "currency",
+}
+ENERGY_TOU_PATTERN: Final = r"^energy_(import|export)_t[1-9][0-9]?_kwh$"
+_ENERGY_TOU_RE: Final = re.compile(ENERGY_TOU_PATTERN)
+
+
+def is_known_quantity(name: str) -> bool:
+    """True if ``name`` is a canonical quantity.
+
+    >>> is_known_quantity("energy_import_t2_kwh"), is_known_quantity("kwh")
+    (True, False)
+    """
+    return name in QUANTITIES or _ENERGY_TOU_RE.fullmatch(name) is not None
+
+
+def known_quantity(column: str = "quantity") -> pl.Expr:
+    """A boolean expression: true where ``column`` holds a canonical quantity."""
+    col = pl.col(column)
+    return (col.is_in(list(QUANTITIES)) | col.str.contains(ENERGY_TOU_PATTERN)).fill_null(
+        value=False
+    )
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One lake table: its columns, how it is partitioned and what identifies a row.
+
+    Parameters
+    ----------
+    name
+        Directory name under the lake root.
+    schema
+        The column contract (partition column not included: it lives in the path).
+    partition
+        The partition key name, as it appears in the path (``date=...``).
+    partition_from
+        The column the partition value is derived from (a UTC timestamp column), or the column
+        that carries it (``period``: a ``YYYY-MM`` string).
+    dedup_key
+        Columns that identify one fact; rows equal on all columns are exact duplicates.
+    time_column
+        The column that places a row in time (for ``info`` and range scans).
+    """
+
+    name: str
+    schema: pl.Schema
+    partition: PartitionKind
+    partition_from: str
+    dedup_key: tuple[str, ...]
+    time_column: str
+
+    def partition_expr(self) -> pl.Expr:
+        """The expression that computes this table's partition value from a row."""
+        col = pl.col(self.partition_from)
+        if self.partition == "date":
+            return col.dt.strftime("%Y-%m-%d")
+        if self.partition == "month":
+            return col.dt.strftime("%Y-%m")
+        return col
+
+
+READINGS: Final = TableSpec(
+    name="readings",
+    schema=pl.Schema(
+        {
+            "meter_id": pl.String,
+            "ts": UTC_TS,
+            "quantity": pl.String,
+            "value": pl.Float64,
+            "quality": FLAGS,
+            "source": pl.String,
+            "received_at": UTC_TS,
+        }
+    ),
+    partition="date",
+    partition_from="ts",
+    dedup_key=("meter_id", "quantity", "ts"),
+    time_column="ts",
+)
+
+INTERVALS: Final = TableSpec(
+    name="intervals",
+    schema=pl.Schema(
+        {
+            "meter_id": pl.String,
+            "interval_start": UTC_TS,
+            "interval_minutes": pl.Int16,
+            "energy_import_kwh": pl.Float64,
+            "energy_export_kwh": pl.Float64,
+            "status": pl.String,
+            "flags": FLAGS,
+            "method": pl.String,
+            "version": pl.Int32,
+            "run_id": pl.String,
+        }
+    ),
+    partition="month",
+    partition_from="interval_start",
+    dedup_key=("meter_id", "interval_start", "version"),
+    time_column="interval_start",
+)
+
+BILLS: Final = TableSpec(
+    name="bills",
+    schema=pl.Schema(
+        {
+            "bill_id": pl.String,
+            "meter_id": pl.String,
+            "period": pl.String,
+            "period_start": pl.Date,
+            "period_end": pl.Date,
+            "tariff_id": pl.String,
+            "tariff_version": pl.String,
+            "interval_version": pl.String,
+            "energy_import_kwh": pl.Float64,
+            "energy_export_kwh": pl.Float64,
+            "total_amount": MONEY,
+            "currency": pl.String,
+            "estimated_share": pl.Float64,
+            "version": pl.Int32,
+            "supersedes": pl.String,
+            "issued_at": UTC_TS,
+        }
+    ),
+    partition="period",
+    partition_from="period",
+    dedup_key=("bill_id",),
+    time_column="issued_at",
+)
+
+BILL_LINES: Final = TableSpec(
+    name="bill_lines",
+    schema=pl.Schema(
+        {
+            "line_id": pl.String,
+            "bill_id": pl.String,
+            "period": pl.String,
+            "code": pl.String,
+            "description": pl.String,
+            "quantity": pl.Float64,
+            "unit": pl.String,
+            "rate": RATE,
+            "amount": MONEY,
+            "currency": pl.String,
+        }
+    ),
+    partition="period",
+    partition_from="period",
+    dedup_key=("line_id",),
+    time_column="period",
+)
+
+ALERTS: Final = TableSpec(
+    name="alerts",
+    schema=pl.Schema(
+        {
+            "alert_id": pl.String,
+            "rule": pl.String,
+            "severity": pl.String,
+            "meter_id": pl.String,
+            "ts": UTC_TS,
+            "state": pl.String,
+            "message": pl.String,
+            "values_json": pl.String,
+        }
+    ),
+    partition="date",
+    partition_from="ts",
+    dedup_key=("alert_id", "state", "ts"),
+    time_column="ts",
+)
+
+QUARANTINE: Final = TableSpec(
+    name="quarantine",
+    schema=pl.Schema(
+        {
+            "received_at": UTC_TS,
+            "source": pl.String,
+            "reason": pl.String,
+            "payload": pl.Binary,
+        }
+    ),
+    partition="date",
+    partition_from="received_at",
+    dedup_key=("source", "reason", "payload"),
+    time_column="received_at",
+)
+
+TABLES: Final[dict[str, TableSpec]] = {
+    t.name: t for t in (READINGS, INTERVALS, BILLS, BILL_LINES, ALERTS, QUARANTINE)
+}
+
+
+def empty_frame(table: TableSpec) -> pl.DataFrame:
+    """An empty frame with ``table``'s columns."""
+    return pl.DataFrame(schema=table.schema)

@@ -1,0 +1,205 @@
+"""Settings: one TOML file (``meterlake.toml``) parsed once into frozen, validated objects.
+
+Loose outside, frozen inside: :func:`load_settings` reads the file, lets environment variables
+override the secrets, and returns a :class:`Settings` or raises one :class:`ConfigError` whose
+message names the file, the key, the bad value and what is allowed.
+
+Environment overrides (secrets should not live in a file that is copied around):
+
+``METERLAKE_MQTT_PASSWORD``
+    ``[mqtt] password``
+``METERLAKE_API_TOKENS``
+    ``[[api.tokens]]`` as comma-separated ``TOKEN:scope+scope`` entries
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import zoneinfo
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from meterlake.config.errors import ConfigError
+
+DEFAULT_CONFIG_NAME: Final = "meterlake.toml"
+CONFIG_ENV: Final = "METERLAKE_CONFIG"
+MQTT_PASSWORD_ENV: Final = "METERLAKE_MQTT_PASSWORD"
+API_TOKENS_ENV: Final = "METERLAKE_API_TOKENS"
+
+Scope = Literal["bills:read", "usage:read"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LakeSettings(_Section):
+    """Where the lake lives and how it keeps its files."""
+
+    path: Path = Path("lake")
+    """Root directory of the lake (relative paths are relative to the config file)."""
+    compact_min_files: Annotated[int, Field(ge=2, le=100_000)] = 2
+    """A partition with at least this many files is compacted."""
+    compact_target_rows: Annotated[int, Field(ge=1_000, le=1_000_000_000)] = 5_000_000
+    """Rows per compacted file, at most."""
+
+
+class SiteSettings(_Section):
+    """The site: where local days and tariff calendars are taken from."""
+
+    timezone: str = "Asia/Shanghai"
+    """IANA time zone of local days (e.g. ``Asia/Shanghai``, ``Europe/Berlin``)."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("must be an IANA time zone such as Asia/Shanghai") from exc
+        return value
+
+
+class MqttSettings(_Section):
+    """The MQTT broker the collectors and alert sinks talk to."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    username: str | None = None
+    password: str | None = None
+    client_id: str = "meterlake"
+    tls_ca_file: Path | None = None
+
+
+class ApiToken(_Section):
+    """A bearer token of the HTTP API, its scopes and optionally the accounts it may read."""
+
+    token: Annotated[str, Field(min_length=16)]
+    scopes: Annotated[tuple[Scope, ...], Field(min_length=1)]
+    accounts: tuple[str, ...] | None = None
+
+
+class ApiSettings(_Section):
+    """The HTTP API (``meterlake serve``)."""
+
+    tokens: tuple[ApiToken, ...] = ()
+
+
+class Settings(_Section):
+    """All settings of one meterlake installation."""
+
+    lake: LakeSettings = LakeSettings()
+    site: SiteSettings = SiteSettings()
+    mqtt: MqttSettings = MqttSettings()
+    api: ApiSettings = ApiSettings()
+
+
+def load_settings(
+    path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[Settings, Path | None]:
+    """Load settings from ``path`` (or ``$METERLAKE_CONFIG``, or ``./meterlake.toml`` if present).
+
+    Returns the settings and the file they came from (``None``: built-in defaults).
+    Relative paths in the file are resolved against the file's directory.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing (when named explicitly), not TOML, or has a bad key or value.
+    """
+    env = os.environ if environ is None else environ
+    if path is None and env.get(CONFIG_ENV):
+        path = Path(env[CONFIG_ENV])
+    if path is None and Path(DEFAULT_CONFIG_NAME).is_file():
+        path = Path(DEFAULT_CONFIG_NAME)
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = _apply_env_overrides(raw, env, path)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    if path is not None and not settings.lake.path.is_absolute():
+        lake = settings.lake.model_copy(update={"path": path.parent / settings.lake.path})
+        settings = settings.model_copy(update={"lake": lake})
+    return settings, path
+
+
+def _apply_env_overrides(
+    raw: dict[str, Any], env: Mapping[str, str], path: Path | None
+) -> dict[str, Any]:
+    raw = dict(raw)
+    if env.get(MQTT_PASSWORD_ENV):
+        mqtt = dict(raw.get("mqtt") or {})
+        mqtt["password"] = env[MQTT_PASSWORD_ENV]
+        raw["mqtt"] = mqtt
+    if env.get(API_TOKENS_ENV):
+        api = dict(raw.get("api") or {})
+        api["tokens"] = [_parse_token_entry(e) for e in env[API_TOKENS_ENV].split(",") if e]
+        raw["api"] = api
+    return raw
+
+
+def _parse_token_entry(entry: str) -> dict[str, Any]:
+    token, sep, scopes = entry.strip().partition(":")
+    if not sep or not token or not scopes:
+        raise ConfigError(
+            f"${API_TOKENS_ENV}: entry {_redact(entry)!r} is not TOKEN:scope+scope "
+            "(e.g. s3cret-token-0123456:bills:read+usage:read)"
+        )
+    # a scope itself contains ':', so split the scopes on '+', not on ':'
+    return {"token": token, "scopes": scopes.split("+")}
+
+
+def _redact(secret: str) -> str:
+    return secret[:2] + "…" if len(secret) > 2 else "…"
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = str(path) if path is not None else "built-in settings"
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err["loc"]]
+        key = _toml_key(loc)
+        secret = bool(loc) and loc[-1] in ("password", "token")
+        value = "<hidden>" if secret else repr(err.get("input"))
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(loc[:-1])) or "none"
+            problems.append(f"{key}: unknown key; allowed here: {allowed}")
+        elif err["type"] == "missing":
+            problems.append(f"{key}: required key is missing")
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{key} = {value}: {message}")
+    plural = "s" if len(problems) > 1 else ""
+    return f"{where}: {len(problems)} problem{plural}:\n  " + "\n  ".join(problems)
+
+
+def _toml_key(loc: list[str]) -> str:
+    if not loc:
+        return "(top level)"
+    head = [p for p in loc[:-1]]
+    return f"[{'.'.join(head)}] {loc[-1]}" if head else loc[-1]
+
+
+def _allowed_keys(section: list[str]) -> list[str]:
+    model: type[BaseModel] = Settings
+    for part in section:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return []
+    return list(model.model_fields)

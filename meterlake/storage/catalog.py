@@ -1,0 +1,155 @@
+"""The DuckDB catalogue: ``<lake>/catalog.duckdb`` with a view per table and ``*_current`` views.
+
+An analyst opens it with ``duckdb <lake>/catalog.duckdb`` (or ``meterlake sql``) and queries::
+
+    readings            raw readings, as received (+ ``date`` from the partition path)
+    readings_current    one row per (meter_id, quantity, ts): the latest received value, with
+                        ``duplicate_conflict`` in ``quality`` where other values exist
+    intervals           every version of every interval (+ ``month``)
+    intervals_current   the highest version of each interval
+    bills, bill_lines, alerts, quarantine
+    quantities          the canonical quantity names and their units
+    quality_flags       the flags a reading's ``quality`` may hold
+
+The views read the Parquet files through globs, so new files show up without a refresh; a refresh
+(``meterlake catalog``, and every command that writes) re-creates the views, e.g. when a table
+got its first file or the lake moved.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+import duckdb
+import polars as pl
+
+from meterlake.config.errors import LakeBusyError
+from meterlake.config.schemas import (
+    INTERVALS,
+    QUALITY_MEANINGS,
+    QUANTITIES,
+    READINGS,
+    TABLES,
+    Quality,
+    TableSpec,
+)
+from meterlake.storage.compaction import recover_if_idle
+from meterlake.storage.layout import CATALOG_FILE, list_partitions, partition_files
+
+_HIVE_TYPES: Final = {"date": "DATE", "month": "VARCHAR", "period": "VARCHAR"}
+
+
+def duckdb_type(dtype: pl.DataType) -> str:
+    """The DuckDB type of a Polars column type used in the contract."""
+    if isinstance(dtype, pl.Datetime):
+        return "TIMESTAMPTZ" if dtype.time_zone else "TIMESTAMP"
+    if isinstance(dtype, pl.Decimal):
+        return f"DECIMAL({dtype.precision}, {dtype.scale})"
+    if isinstance(dtype, pl.List):
+        return f"{duckdb_type(dtype.inner)}[]"
+    simple = {
+        pl.String: "VARCHAR",
+        pl.Float64: "DOUBLE",
+        pl.Int16: "SMALLINT",
+        pl.Int32: "INTEGER",
+        pl.Int64: "BIGINT",
+        pl.Date: "DATE",
+        pl.Binary: "BLOB",
+        pl.Boolean: "BOOLEAN",
+    }
+    for polars_type, name in simple.items():
+        if dtype == polars_type:
+            return name
+    raise TypeError(f"no DuckDB type for {dtype}")
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def table_view_sql(root: Path, table: TableSpec) -> str:
+    """The ``SELECT`` behind a table's view: its files, or a typed empty relation."""
+    has_files = any(partition_files(root, table, v) for v in list_partitions(root, table))
+    if has_files:
+        glob = _quote(str(root.resolve() / table.name / f"{table.partition}=*" / "*.parquet"))
+        hive_type = _HIVE_TYPES[table.partition]
+        return (
+            f"SELECT * FROM read_parquet({glob}, hive_partitioning = true, "
+            f"hive_types = {{'{table.partition}': {hive_type}}}, union_by_name = true)"
+        )
+    columns = [f"CAST(NULL AS {duckdb_type(t)}) AS {n}" for n, t in table.schema.items()]
+    if table.partition not in table.schema:
+        columns.append(f"CAST(NULL AS {_HIVE_TYPES[table.partition]}) AS {table.partition}")
+    return f"SELECT {', '.join(columns)} WHERE false"
+
+
+READINGS_CURRENT_SQL: Final = f"""
+SELECT * REPLACE (
+    CASE WHEN count(DISTINCT value) OVER k > 1
+              AND NOT list_contains(quality, '{Quality.DUPLICATE_CONFLICT.value}')
+         THEN list_append(quality, '{Quality.DUPLICATE_CONFLICT.value}')
+         ELSE quality END AS quality)
+FROM {READINGS.name}
+WINDOW k AS (PARTITION BY date, meter_id, quantity, ts)
+QUALIFY row_number() OVER (
+    PARTITION BY date, meter_id, quantity, ts
+    ORDER BY received_at DESC, source DESC NULLS LAST) = 1
+"""
+
+INTERVALS_CURRENT_SQL: Final = f"""
+SELECT * FROM {INTERVALS.name}
+QUALIFY row_number() OVER (
+    PARTITION BY month, meter_id, interval_start
+    ORDER BY version DESC, run_id DESC) = 1
+"""
+
+
+def catalog_path(root: Path) -> Path:
+    return root / CATALOG_FILE
+
+
+def refresh_catalog(root: Path) -> Path:
+    """(Re)create every view of ``<root>/catalog.duckdb``; return the catalogue's path.
+
+    Raises
+    ------
+    LakeBusyError
+        Another process has the catalogue open for writing (e.g. a ``duckdb`` shell).
+    """
+    recover_if_idle(root)
+    path = catalog_path(root)
+    try:
+        con = duckdb.connect(str(path))
+    except duckdb.IOException as exc:
+        raise LakeBusyError(
+            f"{path} is open in another process ({exc}); close it and run `meterlake catalog`"
+        ) from None
+    try:
+        con.execute("BEGIN")
+        for table in TABLES.values():
+            con.execute(f"CREATE OR REPLACE VIEW {table.name} AS {table_view_sql(root, table)}")
+        con.execute(f"CREATE OR REPLACE VIEW readings_current AS {READINGS_CURRENT_SQL}")
+        con.execute(f"CREATE OR REPLACE VIEW intervals_current AS {INTERVALS_CURRENT_SQL}")
+        con.execute("CREATE OR REPLACE TABLE quantities (quantity VARCHAR, unit VARCHAR)")
+        con.executemany("INSERT INTO quantities VALUES (?, ?)", list(QUANTITIES.items()))
+        con.execute("CREATE OR REPLACE TABLE quality_flags (flag VARCHAR, meaning VARCHAR)")
+        con.executemany(
+            "INSERT INTO quality_flags VALUES (?, ?)",
+            [(q.value, meaning) for q, meaning in QUALITY_MEANINGS.items()],
+        )
+        con.execute("COMMIT")
+    finally:
+        con.close()
+    return path
+
+
+def connect_catalog(root: Path, *, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+    """A connection to the lake's catalogue (created first when it does not exist yet)."""
+    path = catalog_path(root)
+    if not path.exists():
+        refresh_catalog(root)
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        raise LakeBusyError(f"{path} is locked by another process ({exc}); try again") from None
