@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/meterlake simulate --lake $(DEMO_LAKE) --meters 300 --days 21 --seed 7
 	$(BIN)/meterlake compact --lake $(DEMO_LAKE)
 	$(BIN)/meterlake info --lake $(DEMO_LAKE)
-	$(BIN)/meterlake sql --lake $(DEMO_LAKE) "$$(cat examples/demo_query.sql)"
+	$(BIN)/meterlake sql --lake $(DEMO_LAKE) --file examples/demo_query.sql
 
 test: lint typecheck unit bench-smoke
 

@@ -31,8 +31,9 @@ def validate_meter_id(meter_id: str) -> str:
     """
     if not isinstance(meter_id, str) or _METER_ID_RE.fullmatch(meter_id) is None:
         raise UnsafeIdentifierError(
-            f"meter id {meter_id!r} is not allowed: use 1 to {METER_ID_MAX_LEN} letters, digits "
-            "or '._-:', starting with a letter or digit (no '/', '..', spaces or control characters)"
+            f"meter id {meter_id!r} is not allowed: use 1 to {METER_ID_MAX_LEN} letters, "
+            "digits or '._-:', starting with a letter or digit "
+            "(no '/', '..', spaces or control characters)"
         )
     return meter_id
 
@@ -43,7 +44,7 @@ def meter_id_is_safe(column: str = "meter_id") -> pl.Expr:
 
 
 def validate_partition_value(kind: str, value: str) -> str:
-    """Check a partition value of kind ``date`` (``YYYY-MM-DD``) or ``month``/``period`` (``YYYY-MM``).
+    """Check a partition value: ``date`` is ``YYYY-MM-DD``, ``month`` and ``period`` ``YYYY-MM``.
 
     >>> validate_partition_value("date", "2026-10-01")
     '2026-10-01'
@@ -57,7 +58,9 @@ def validate_partition_value(kind: str, value: str) -> str:
     else:
         raise UnsafeIdentifierError(f"unknown partition kind {kind!r}: use date, month or period")
     if not ok:
-        raise UnsafeIdentifierError(f"partition value {kind}={value!r} is not allowed: use {allowed}")
+        raise UnsafeIdentifierError(
+            f"partition value {kind}={value!r} is not allowed: use {allowed}"
+        )
     return value
 
 

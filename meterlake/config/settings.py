@@ -7,7 +7,7 @@ message names the file, the key, the bad value and what is allowed.
 Environment overrides (secrets should not live in a file that is copied around):
 
 ``METERLAKE_MQTT_PASSWORD``
-    ``[mqtt] password``
+    ``password`` of every ``[[mqtt]]`` broker connection
 ``METERLAKE_API_TOKENS``
     ``[[api.tokens]]`` as comma-separated ``TOKEN:scope+scope`` entries
 """
@@ -19,7 +19,7 @@ import tomllib
 import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -27,10 +27,11 @@ from meterlake.config.errors import ConfigError
 
 DEFAULT_CONFIG_NAME: Final = "meterlake.toml"
 CONFIG_ENV: Final = "METERLAKE_CONFIG"
-MQTT_PASSWORD_ENV: Final = "METERLAKE_MQTT_PASSWORD"
+MQTT_PASSWORD_ENV: Final = "METERLAKE_MQTT_PASSWORD"  # noqa: S105 - a variable name
 API_TOKENS_ENV: Final = "METERLAKE_API_TOKENS"
 
 Scope = Literal["bills:read", "usage:read"]
+_SECRET_HOLDERS: Final = frozenset({"password", "token", "tokens", "mqtt", "api"})
 
 
 class _Section(BaseModel):
@@ -65,20 +66,22 @@ class SiteSettings(_Section):
 
 
 class MqttSettings(_Section):
-    """The MQTT broker the collectors and alert sinks talk to."""
+    """One MQTT broker connection (``[[mqtt]]``; a gateway may have several)."""
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
     username: str | None = None
-    password: str | None = None
+    password: Annotated[str | None, Field(repr=False)] = None
     client_id: str = "meterlake"
     tls_ca_file: Path | None = None
+    topics: tuple[str, ...] = ()
+    """Topic filters to subscribe to, e.g. ``tele/+/SENSOR`` or ``$share/group/meters/#``."""
 
 
 class ApiToken(_Section):
     """A bearer token of the HTTP API, its scopes and optionally the accounts it may read."""
 
-    token: Annotated[str, Field(min_length=16)]
+    token: Annotated[str, Field(min_length=16, repr=False)]
     scopes: Annotated[tuple[Scope, ...], Field(min_length=1)]
     accounts: tuple[str, ...] | None = None
 
@@ -94,7 +97,7 @@ class Settings(_Section):
 
     lake: LakeSettings = LakeSettings()
     site: SiteSettings = SiteSettings()
-    mqtt: MqttSettings = MqttSettings()
+    mqtt: tuple[MqttSettings, ...] = ()
     api: ApiSettings = ApiSettings()
 
 
@@ -130,10 +133,21 @@ def load_settings(
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from None
-    if path is not None and not settings.lake.path.is_absolute():
-        lake = settings.lake.model_copy(update={"path": path.parent / settings.lake.path})
-        settings = settings.model_copy(update={"lake": lake})
+    if path is not None:
+        settings = _resolve_relative_paths(settings, path.parent)
     return settings, path
+
+
+def _resolve_relative_paths(settings: Settings, base: Path) -> Settings:
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else base / p
+
+    lake = settings.lake.model_copy(update={"path": resolve(settings.lake.path)})
+    brokers = tuple(
+        b if b.tls_ca_file is None else b.model_copy(update={"tls_ca_file": resolve(b.tls_ca_file)})
+        for b in settings.mqtt
+    )
+    return settings.model_copy(update={"lake": lake, "mqtt": brokers})
 
 
 def _apply_env_overrides(
@@ -141,13 +155,17 @@ def _apply_env_overrides(
 ) -> dict[str, Any]:
     raw = dict(raw)
     if env.get(MQTT_PASSWORD_ENV):
-        mqtt = dict(raw.get("mqtt") or {})
-        mqtt["password"] = env[MQTT_PASSWORD_ENV]
-        raw["mqtt"] = mqtt
+        brokers = raw.get("mqtt") or []
+        if isinstance(brokers, list):
+            raw["mqtt"] = [
+                {**b, "password": env[MQTT_PASSWORD_ENV]} if isinstance(b, dict) else b
+                for b in brokers
+            ]
     if env.get(API_TOKENS_ENV):
-        api = dict(raw.get("api") or {})
-        api["tokens"] = [_parse_token_entry(e) for e in env[API_TOKENS_ENV].split(",") if e]
-        raw["api"] = api
+        tokens = [_parse_token_entry(e) for e in env[API_TOKENS_ENV].split(",") if e]
+        api = raw.get("api") or {}
+        if isinstance(api, dict):  # otherwise validation reports the malformed [api]
+            raw["api"] = {**api, "tokens": tokens}
     return raw
 
 
@@ -172,7 +190,9 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
     for err in exc.errors(include_url=False):
         loc = [str(p) for p in err["loc"]]
         key = _toml_key(loc)
-        secret = bool(loc) and loc[-1] in ("password", "token")
+        # a secret, or something that holds secrets (or should have, when it has the wrong shape)
+        names = [p for p in loc if not p.isdigit()]
+        secret = not names or names[-1] in _SECRET_HOLDERS
         value = "<hidden>" if secret else repr(err.get("input"))
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(_allowed_keys(loc[:-1])) or "none"
@@ -187,17 +207,26 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
 
 
 def _toml_key(loc: list[str]) -> str:
+    """The TOML spelling of an error location: ``[[mqtt]] #1 port``, ``[site] timezone``."""
     if not loc:
         return "(top level)"
-    head = [p for p in loc[:-1]]
-    return f"[{'.'.join(head)}] {loc[-1]}" if head else loc[-1]
+    head, key = loc[:-1], loc[-1]
+    if head and head[-1].isdigit():
+        return f"[[{'.'.join(head[:-1])}]] #{int(head[-1]) + 1} {key}"
+    if key.isdigit():
+        return f"[[{'.'.join(head)}]] #{int(key) + 1}"
+    return f"[{'.'.join(head)}] {key}" if head else key
 
 
 def _allowed_keys(section: list[str]) -> list[str]:
     model: type[BaseModel] = Settings
     for part in section:
+        if part.isdigit():
+            continue
         field = model.model_fields.get(part)
         annotation = getattr(field, "annotation", None)
+        if get_origin(annotation) is tuple:  # an array of tables, e.g. [[mqtt]]
+            annotation = get_args(annotation)[0]
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             model = annotation
         else:

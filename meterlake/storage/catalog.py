@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Final
 
 import duckdb
-import polars as pl
 
-from meterlake.config.errors import LakeBusyError
+from meterlake.config.errors import LakeBusyError, PermanentError
 from meterlake.config.schemas import (
     INTERVALS,
     QUALITY_MEANINGS,
@@ -33,62 +32,69 @@ from meterlake.config.schemas import (
     TABLES,
     Quality,
     TableSpec,
+    empty_frame,
 )
 from meterlake.storage.compaction import recover_if_idle
-from meterlake.storage.layout import CATALOG_FILE, list_partitions, partition_files
+from meterlake.storage.layout import (
+    CATALOG_FILE,
+    DATA_SUFFIX,
+    list_partitions,
+    partition_files,
+    publish,
+    tmp_path,
+)
 
 _HIVE_TYPES: Final = {"date": "DATE", "month": "VARCHAR", "period": "VARCHAR"}
-
-
-def duckdb_type(dtype: pl.DataType) -> str:
-    """The DuckDB type of a Polars column type used in the contract."""
-    if isinstance(dtype, pl.Datetime):
-        return "TIMESTAMPTZ" if dtype.time_zone else "TIMESTAMP"
-    if isinstance(dtype, pl.Decimal):
-        return f"DECIMAL({dtype.precision}, {dtype.scale})"
-    if isinstance(dtype, pl.List):
-        return f"{duckdb_type(dtype.inner)}[]"
-    simple = {
-        pl.String: "VARCHAR",
-        pl.Float64: "DOUBLE",
-        pl.Int16: "SMALLINT",
-        pl.Int32: "INTEGER",
-        pl.Int64: "BIGINT",
-        pl.Date: "DATE",
-        pl.Binary: "BLOB",
-        pl.Boolean: "BOOLEAN",
-    }
-    for polars_type, name in simple.items():
-        if dtype == polars_type:
-            return name
-    raise TypeError(f"no DuckDB type for {dtype}")
+_ANCHOR_VALUE: Final = {"date": "1970-01-01", "month": "1970-01", "period": "1970-01"}
+_GLOB_CHARACTERS: Final = "*?[]{}"
+SCHEMA_DIR: Final = ".schema"
 
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def write_schema_anchor(root: Path, table: TableSpec) -> Path:
+    """Write the empty Parquet file that gives ``table``'s view its columns and types.
+
+    DuckDB takes a view's columns from the first file it lists; with this anchor first, it
+    never needs a data file to bind a query, so a query for one partition opens that
+    partition's files only, and an empty table still has a typed view.
+    """
+    directory = (
+        root / SCHEMA_DIR / table.name / f"{table.partition}={_ANCHOR_VALUE[table.partition]}"
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / "schema.parquet"
+    tmp = tmp_path(root, f"schema-{table.name}{DATA_SUFFIX}")
+    empty_frame(table).write_parquet(tmp)
+    publish(tmp, final)
+    return final
+
+
 def table_view_sql(root: Path, table: TableSpec) -> str:
-    """The ``SELECT`` behind a table's view: its files, or a typed empty relation."""
-    has_files = any(partition_files(root, table, v) for v in list_partitions(root, table))
-    if has_files:
-        glob = _quote(str(root.resolve() / table.name / f"{table.partition}=*" / "*.parquet"))
-        hive_type = _HIVE_TYPES[table.partition]
-        return (
-            f"SELECT * FROM read_parquet({glob}, hive_partitioning = true, "
-            f"hive_types = {{'{table.partition}': {hive_type}}}, union_by_name = true)"
+    """The ``SELECT`` behind a table's view: its schema anchor, then its data files."""
+    lake = root.resolve()
+    if any(c in str(lake) for c in _GLOB_CHARACTERS):
+        raise PermanentError(
+            f"{lake}: the lake path contains one of {_GLOB_CHARACTERS!r}, which DuckDB reads as a "
+            "file pattern; move the lake to a path without them"
         )
-    columns = [f"CAST(NULL AS {duckdb_type(t)}) AS {n}" for n, t in table.schema.items()]
-    if table.partition not in table.schema:
-        columns.append(f"CAST(NULL AS {_HIVE_TYPES[table.partition]}) AS {table.partition}")
-    return f"SELECT {', '.join(columns)} WHERE false"
+    sources = [_quote(str(write_schema_anchor(lake, table)))]
+    if any(partition_files(root, table, v) for v in list_partitions(root, table)):
+        sources.append(_quote(str(lake / table.name / f"{table.partition}=*" / "*.parquet")))
+    hive_type = _HIVE_TYPES[table.partition]
+    return (
+        f"SELECT * FROM read_parquet([{', '.join(sources)}], hive_partitioning = true, "
+        f"hive_types = {{'{table.partition}': {hive_type}}})"
+    )
 
 
 READINGS_CURRENT_SQL: Final = f"""
 SELECT * REPLACE (
-    CASE WHEN count(DISTINCT value) OVER k > 1
-              AND NOT list_contains(quality, '{Quality.DUPLICATE_CONFLICT.value}')
-         THEN list_append(quality, '{Quality.DUPLICATE_CONFLICT.value}')
+    CASE WHEN count(DISTINCT value) OVER k + max((value IS NULL)::INTEGER) OVER k > 1
+              AND NOT list_contains(coalesce(quality, []), '{Quality.DUPLICATE_CONFLICT.value}')
+         THEN list_append(coalesce(quality, []), '{Quality.DUPLICATE_CONFLICT.value}')
          ELSE quality END AS quality)
 FROM {READINGS.name}
 WINDOW k AS (PARTITION BY date, meter_id, quantity, ts)

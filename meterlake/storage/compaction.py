@@ -41,7 +41,7 @@ from typing import Final
 import polars as pl
 
 from meterlake.config.errors import LakeBusyError
-from meterlake.config.schemas import READINGS, TABLES, Quality, TableSpec
+from meterlake.config.schemas import FLAGS, READINGS, TABLES, Quality, TableSpec
 from meterlake.storage.layout import (
     TMP_DIR,
     fsync_dir,
@@ -50,6 +50,7 @@ from meterlake.storage.layout import (
     partition_dir,
     partition_files,
     publish,
+    sweep_tmp,
     write_bytes_atomic,
 )
 from meterlake.storage.writer import COMPRESSION
@@ -81,12 +82,13 @@ def dedup_readings(frame: pl.LazyFrame) -> pl.LazyFrame:
     key = list(READINGS.dedup_key)
     flag = Quality.DUPLICATE_CONFLICT.value
     conflict = pl.col("value").n_unique().over(key) > 1
+    quality = pl.col("quality").fill_null(pl.lit([], dtype=FLAGS))  # null: no flags yet
     return (
         frame.sort(["received_at", "source"], descending=True, nulls_last=True)
         .unique([*key, "value"], keep="first", maintain_order=True)
         .with_columns(
-            pl.when(conflict & ~pl.col("quality").list.contains(flag))
-            .then(pl.col("quality").list.concat(pl.lit([flag])))
+            pl.when(conflict & ~quality.list.contains(flag))
+            .then(quality.list.concat(pl.lit([flag])))
             .otherwise(pl.col("quality"))
             .alias("quality")
         )
@@ -191,6 +193,7 @@ def recover(root: Path) -> int:
         if part.is_dir():
             fsync_dir(part)
         journal.unlink()
+    sweep_tmp(root)  # temporary files of writers killed mid-write
     return len(journals)
 
 
@@ -235,8 +238,9 @@ def compact_lake(
         recover(root)
         todo = [(t, v) for t in tables for v in partitions_to_compact(root, t, min_files)]
         for table, value in todo:
-            yield len(todo), compact_partition(
-                root, table, value, target_rows=target_rows, min_files=min_files
+            yield (
+                len(todo),
+                compact_partition(root, table, value, target_rows=target_rows, min_files=min_files),
             )
 
 

@@ -51,7 +51,9 @@ def init_lake(root: Path) -> Path:
 def require_lake(root: Path) -> Path:
     """Return ``root`` if it is a lake made by ``meterlake init``, else raise a clear error."""
     if not (root / LAKE_MARKER).is_file():
-        raise PermanentError(f"{root} is not a meterlake lake: create one with `meterlake init {root}`")
+        raise PermanentError(
+            f"{root} is not a meterlake lake: create one with `meterlake init {root}`"
+        )
     return root
 
 
@@ -94,7 +96,37 @@ def partition_files(root: Path, table: TableSpec, value: str) -> list[Path]:
 
 def new_file_name(prefix: str = "") -> str:
     """A data file name unique per writer: host, process, sequence and a random part."""
-    return f"{prefix}{_HOST}-{os.getpid()}-{next(_sequence):06d}-{secrets.token_hex(4)}{DATA_SUFFIX}"
+    unique = f"{_HOST}-{os.getpid()}-{next(_sequence):06d}-{secrets.token_hex(4)}"
+    return f"{prefix}{unique}{DATA_SUFFIX}"
+
+
+_TMP_NAME: Final = re.compile(r"^(?:c-)?(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)-\d{6}-[0-9a-f]{8}")
+
+
+def sweep_tmp(root: Path) -> list[Path]:
+    """Delete temporary files whose writer on this host is gone (killed mid-write); return them.
+
+    Files of live writers and of other hosts are left alone: only their writer knows whether
+    they are still being written.
+    """
+    directory = root / TMP_DIR
+    removed = []
+    for path in directory.glob("*.part") if directory.is_dir() else ():
+        match = _TMP_NAME.match(path.name)
+        if match and match["host"] == _HOST and not _process_alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def tmp_path(root: Path, name: str) -> Path:

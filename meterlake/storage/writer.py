@@ -84,14 +84,44 @@ def write_table(root: Path, table: TableSpec, frame: pl.DataFrame) -> list[Path]
     data = conform(frame, table)
     if data.height == 0:
         return []
+    targets = []
+    for value, part in _split_by_partition(data, table).items():
+        validate_partition_value(table.partition, value)
+        targets.append((partition_dir(root, table, value), part))
+    return [write_file(root, directory, part) for directory, part in targets]
+
+
+def _split_by_partition(data: pl.DataFrame, table: TableSpec) -> dict[str, pl.DataFrame]:
+    """A conformed frame split by partition value, in order of first appearance; each part keeps
+    the rows' order.
+
+    Formatting every row's timestamp into its partition value takes longer than writing the
+    rows, so the usual case is done without it: when the rows of each partition are contiguous
+    (time-ordered input, as collectors deliver it), the partition values are computed once per
+    run of equal UTC days (a ``date`` or ``month`` partition depends only on the day) and the
+    parts are zero-copy slices. Any other order takes the general, row-by-row way.
+    """
+    column = pl.col(table.partition_from)
+    day = column if table.partition == "period" else column.dt.date()
+    runs = (
+        data.select(day.rle().alias("run"))
+        .unnest("run")
+        .rename({"value": table.partition_from})
+        .select(table.partition_expr().cast(pl.String).alias(_PART), "len")
+    )
+    blocks = runs.group_by(pl.col(_PART).rle_id().alias("block"), maintain_order=True).agg(
+        pl.col(_PART).first(), pl.col("len").sum()
+    )
+    if blocks[_PART].is_unique().all():
+        offsets = blocks["len"].cum_sum() - blocks["len"]
+        return {
+            value: data.slice(offset, length)
+            for value, offset, length in zip(blocks[_PART], offsets, blocks["len"], strict=True)
+        }
     parts = data.with_columns(table.partition_expr().alias(_PART)).partition_by(
         _PART, as_dict=True, include_key=False, maintain_order=True
     )
-    targets = []
-    for (value,), part in parts.items():
-        validate_partition_value(table.partition, str(value))
-        targets.append((partition_dir(root, table, str(value)), part))
-    return [write_file(root, directory, part) for directory, part in targets]
+    return {str(value): part for (value,), part in parts.items()}
 
 
 def write_file(root: Path, directory: Path, frame: pl.DataFrame, prefix: str = "") -> Path:
@@ -106,4 +136,3 @@ def write_file(root: Path, directory: Path, frame: pl.DataFrame, prefix: str = "
         tmp.unlink(missing_ok=True)
         raise
     return final
-

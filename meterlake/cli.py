@@ -1,0 +1,425 @@
+"""The ``meterlake`` command: the composition root, the one place that wires the stages together.
+
+Every subcommand takes ``--config`` (default ``$METERLAKE_CONFIG`` or ``./meterlake.toml``) and,
+where it works on a lake, ``--lake`` (default: the config's ``[lake] path``). Errors meterlake
+raises on purpose are printed as one message without a traceback; the exit status is 2 for bad
+settings or input and 1 for everything else that failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from collections.abc import Iterable, Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Final, TypeVar
+
+import duckdb
+import polars as pl
+import pyarrow.parquet as pq
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from meterlake import __version__
+from meterlake.config.errors import LakeBusyError, MeterlakeError, PermanentError
+from meterlake.config.schemas import INTERVALS, QUARANTINE, READINGS, TABLES
+from meterlake.config.settings import DEFAULT_CONFIG_NAME, Settings, load_settings
+from meterlake.ingest.files import read_import_file, whole_file_quarantine
+from meterlake.ingest.simulator import FleetSpec, simulate_batches, simulate_faults
+from meterlake.storage.catalog import connect_catalog, refresh_catalog
+from meterlake.storage.compaction import compact_lake
+from meterlake.storage.layout import init_lake, list_partitions, partition_files, require_lake
+from meterlake.storage.scan import scan
+from meterlake.storage.writer import write_table
+
+_T = TypeVar("_T")
+
+app = typer.Typer(
+    help="meterlake: smart-meter data from the meter to the bill.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# When not on a terminal (pipes, CI logs), tables get room instead of the default 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, soft_wrap=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="Settings file (default: $METERLAKE_CONFIG or ./meterlake.toml)."
+    ),
+]
+LakeOpt = Annotated[
+    Path | None,
+    typer.Option("--lake", "-l", help="Lake directory (default: [lake] path of the config)."),
+]
+
+EXAMPLE_CONFIG: Final = """\
+# meterlake settings. Every key is optional; the values shown are the defaults.
+# Secrets may come from the environment instead of this file:
+#   METERLAKE_MQTT_PASSWORD   overrides [mqtt] password
+#   METERLAKE_API_TOKENS      overrides [[api.tokens]], as TOKEN:scope+scope,TOKEN2:scope
+
+[lake]
+path = "."                   # the lake root, relative to this file
+compact_min_files = 2        # compact a partition once it has this many files
+compact_target_rows = 5000000  # rows per compacted file, at most
+
+[site]
+timezone = "Asia/Shanghai"   # IANA zone of local days and tariff calendars
+
+# [[mqtt]]                  # one table per broker connection
+# host = "127.0.0.1"
+# port = 1883
+# client_id = "meterlake-gw01"
+# topics = ["tele/+/SENSOR"]
+# username = "gateway"
+# password = "..."           # better: METERLAKE_MQTT_PASSWORD
+# tls_ca_file = "/etc/ssl/certs/broker-ca.pem"
+
+# [[api.tokens]]
+# token = "a-long-random-token-of-16+-chars"
+# scopes = ["bills:read", "usage:read"]
+# accounts = ["acc-001"]     # optional: only these accounts
+"""
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+def _settings(config: Path | None) -> Settings:
+    settings, _path = load_settings(config)
+    return settings
+
+
+def _lake(lake: Path | None, config: Path | None) -> Path:
+    root = lake if lake is not None else _settings(config).lake.path
+    return require_lake(root)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+def _tracked(items: Iterable[_T], description: str, total: int) -> Iterator[_T]:
+    with _progress() as progress:
+        task = progress.add_task(description, total=total)
+        for item in items:
+            yield item
+            progress.advance(task)
+
+
+def _refresh(root: Path) -> None:
+    """Refresh the catalogue after a write; the data has landed either way."""
+    try:
+        refresh_catalog(root)
+    except LakeBusyError as exc:
+        err.print(f"[yellow]warning:[/] catalogue not refreshed: {escape(str(exc))}")
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Directory of the new lake.")] = Path(),
+) -> None:
+    """Create a lake (idempotent) and a commented example meterlake.toml in it."""
+    root = init_lake(directory)
+    config = root / DEFAULT_CONFIG_NAME
+    if not config.exists():
+        config.write_text(EXAMPLE_CONFIG, encoding="utf-8")
+    refresh_catalog(root)
+    out.print(f"lake ready at {root} (settings: {config})")
+
+
+@app.command("import")
+def import_files(
+    files: Annotated[
+        list[Path], typer.Argument(help="CSV or Parquet files of readings or intervals.")
+    ],
+    lake: LakeOpt = None,
+    config: ConfigOpt = None,
+    tz: Annotated[
+        str | None, typer.Option(help="IANA time zone of naive timestamps, e.g. Asia/Shanghai.")
+    ] = None,
+    interval_minutes: Annotated[
+        int, typer.Option(help="Interval length of interval files without that column.")
+    ] = 15,
+) -> None:
+    """Import readings or interval energy; bad rows go to the quarantine with the reason.
+
+    Exits non-zero only when nothing at all could be imported.
+    """
+    root = _lake(lake, config)
+    received_at = dt.datetime.now(dt.UTC)
+    summary = Table("file", "kind", "imported", "quarantined", "note")
+    imported = 0
+    for path in _tracked(files, "importing", len(files)):
+        try:
+            result = read_import_file(
+                path, received_at=received_at, tz=tz, interval_minutes=interval_minutes
+            )
+        except PermanentError as exc:
+            if path.is_file():
+                write_table(root, QUARANTINE, whole_file_quarantine(path, str(exc), received_at))
+            summary.add_row(
+                escape(str(path)),
+                "-",
+                "0",
+                "whole file" if path.is_file() else "-",
+                escape(str(exc)),
+            )
+            continue
+        write_table(root, READINGS if result.kind == "readings" else INTERVALS, result.good)
+        write_table(root, QUARANTINE, result.rejected)
+        imported += result.good.height
+        note = ""
+        if result.rejected.height:
+            reasons = result.rejected["reason"].value_counts(sort=True).head(2)
+            note = "; ".join(f"{n}× {r}" for r, n in reasons.iter_rows())
+        summary.add_row(
+            escape(str(path)),
+            result.kind,
+            str(result.good.height),
+            str(result.rejected.height),
+            escape(note),
+        )
+    _refresh(root)
+    out.print(summary)
+    if imported == 0:
+        err.print("nothing could be imported; see the notes above and the quarantine table")
+        raise typer.Exit(1)
+
+
+@app.command()
+def compact(
+    lake: LakeOpt = None,
+    config: ConfigOpt = None,
+    table: Annotated[
+        list[str] | None, typer.Option(help="Only this table (repeatable). Default: all.")
+    ] = None,
+) -> None:
+    """Merge small files per partition, remove exact duplicates and flag conflicting ones."""
+    root = _lake(lake, config)
+    settings = _settings(config)
+    unknown = sorted(set(table or ()) - set(TABLES))
+    if unknown:
+        raise PermanentError(f"unknown table(s) {', '.join(unknown)}; tables: {', '.join(TABLES)}")
+    specs = [TABLES[name] for name in (table or TABLES)]
+    results = []
+    with _progress() as progress:
+        task = progress.add_task("compacting", total=None)
+        for total, result in compact_lake(
+            root,
+            specs,
+            target_rows=settings.lake.compact_target_rows,
+            min_files=settings.lake.compact_min_files,
+        ):
+            progress.update(task, total=total, advance=1)
+            if result is not None:
+                results.append(result)
+    _refresh(root)
+    if not results:
+        out.print("nothing to compact")
+        return
+    summary = Table(
+        "table", "partitions", "files in", "files out", "rows in", "rows out", "conflicts"
+    )
+    for name in dict.fromkeys(r.table for r in results):
+        mine = [r for r in results if r.table == name]
+        summary.add_row(
+            name,
+            str(len(mine)),
+            *(
+                str(sum(getattr(r, f) for r in mine))
+                for f in ("files_in", "files_out", "rows_in", "rows_out", "conflicts")
+            ),
+        )
+    out.print(summary)
+
+
+@app.command()
+def catalog(lake: LakeOpt = None, config: ConfigOpt = None) -> None:
+    """Re-create the DuckDB catalogue's views (<lake>/catalog.duckdb)."""
+    root = _lake(lake, config)
+    path = refresh_catalog(root)
+    out.print(f"catalogue refreshed: {path}  (open it with: duckdb {path})")
+
+
+@app.command()
+def sql(
+    query: Annotated[
+        str | None, typer.Argument(help="Any DuckDB query over the catalogue's views.")
+    ] = None,
+    query_file: Annotated[
+        Path | None, typer.Option("--file", help="Read the query from this file instead.")
+    ] = None,
+    lake: LakeOpt = None,
+    config: ConfigOpt = None,
+    output_format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write here, not to stdout.")
+    ] = None,
+    max_rows: Annotated[int, typer.Option(help="Rows shown in table format.")] = 50,
+) -> None:
+    """Run a DuckDB query over the lake's catalogue (read-only)."""
+    if (query is None) == (query_file is None):
+        raise PermanentError("give a QUERY or --file FILE (one of them)")
+    if query_file is not None:
+        try:
+            query = query_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PermanentError(f"--file {query_file}: {exc.strerror}") from None
+    assert query is not None
+    root = _lake(lake, config)
+    con = connect_catalog(root, read_only=True)
+    try:
+        relation = con.sql(query)
+        frame = relation.pl() if relation is not None else pl.DataFrame()
+    except duckdb.Error as exc:
+        raise PermanentError(f"query failed: {exc}") from None
+    finally:
+        con.close()
+    if output_format is OutputFormat.parquet and out_file is None:
+        raise PermanentError("--format parquet needs --out FILE")
+    if output_format is OutputFormat.table:
+        text = _render_table(frame, max_rows)
+        if out_file is None:
+            out.print(text)
+        else:
+            Console(file=out_file.open("w", encoding="utf-8"), width=200).print(text)
+    elif output_format is OutputFormat.csv:
+        _emit(frame.write_csv(), out_file)
+    elif output_format is OutputFormat.json:
+        _emit(frame.write_json(), out_file)
+    else:
+        assert out_file is not None
+        frame.write_parquet(out_file)
+
+
+def _emit(text: str, out_file: Path | None) -> None:
+    if out_file is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        out_file.write_text(text, encoding="utf-8")
+
+
+def _render_table(frame: pl.DataFrame, max_rows: int) -> Table:
+    shown = frame.head(max_rows)
+    caption = f"{frame.height} rows" + (
+        f", {shown.height} shown" if shown.height < frame.height else ""
+    )
+    table = Table(*frame.columns, caption=caption)
+    for row in shown.iter_rows():
+        table.add_row(*("" if v is None else escape(str(v)) for v in row))
+    return table
+
+
+@app.command()
+def info(lake: LakeOpt = None, config: ConfigOpt = None) -> None:
+    """Tables, partitions, files, rows, meters and time range of the lake."""
+    root = _lake(lake, config)
+    summary = Table("table", "partitions", "files", "rows", "meters", "from", "to", title=str(root))
+    for table in TABLES.values():
+        partitions = list_partitions(root, table)
+        files = [f for p in partitions for f in partition_files(root, table, p)]
+        rows = sum(pq.read_metadata(f).num_rows for f in files)
+        meters = first = last = "-"
+        if rows:
+            frame = scan(root, table)
+            time = pl.col(table.time_column)
+            stats = frame.select(
+                pl.col("meter_id").n_unique() if "meter_id" in table.schema else pl.lit(None),
+                time.min().alias("first"),
+                time.max().alias("last"),
+            ).collect()
+            n_meters, first_value, last_value = stats.row(0)
+            meters = "-" if n_meters is None else str(n_meters)
+            first, last = _moment(first_value), _moment(last_value)
+        summary.add_row(
+            table.name, str(len(partitions)), str(len(files)), str(rows), meters, first, last
+        )
+    out.print(summary)
+
+
+def _moment(value: object) -> str:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return str(value)
+
+
+@app.command()
+def simulate(
+    lake: LakeOpt = None,
+    config: ConfigOpt = None,
+    meters: Annotated[int, typer.Option(min=1, help="Number of simulated meters.")] = 300,
+    days: Annotated[int, typer.Option(min=1, help="Days of history.")] = 21,
+    start: Annotated[
+        str | None, typer.Option(help="First day (YYYY-MM-DD, UTC); default: DAYS before today.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same fleet.")] = 0,
+    batch_hours: Annotated[int, typer.Option(min=1, help="Hours per written batch (file).")] = 1,
+) -> None:
+    """Write a simulated fleet's readings (with daily/weekly shape and injected faults)."""
+    root = _lake(lake, config)
+    settings = _settings(config)
+    if start is None:
+        first_day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)
+    else:
+        try:
+            first_day = dt.date.fromisoformat(start)
+        except ValueError:
+            raise PermanentError(f"--start {start!r} is not a date YYYY-MM-DD") from None
+    spec = FleetSpec(
+        meters=meters,
+        start=dt.datetime.combine(first_day, dt.time(), tzinfo=dt.UTC),
+        days=days,
+        timezone=settings.site.timezone,
+        seed=seed,
+    )
+    rows = 0
+    batches = simulate_batches(spec, batch_hours=batch_hours)
+    for batch in _tracked(batches, "simulating", total=-(-days * 24 // batch_hours)):
+        write_table(root, READINGS, batch)
+        rows += batch.height
+    _refresh(root)
+    faults = simulate_faults(spec)
+    out.print(f"wrote {rows} readings of {meters} meters over {days} days from {first_day}")
+    if faults.height:
+        counts = faults["kind"].value_counts(sort=True)
+        out.print("injected faults: " + ", ".join(f"{k} {n}" for k, n in counts.iter_rows()))
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Show the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(f"meterlake {__version__}")
+        raise typer.Exit
+
+
+def main() -> None:
+    """Entry point of the ``meterlake`` console script."""
+    try:
+        app()
+    except PermanentError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        sys.exit(2)
+    except MeterlakeError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        sys.exit(1)

@@ -1,0 +1,249 @@
+"""Shared fixtures: a fresh lake, frame builders for every table and a subprocess runner."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from meterlake.config.schemas import (
+    ALERTS,
+    BILL_LINES,
+    BILLS,
+    INTERVALS,
+    QUARANTINE,
+    READINGS,
+    TABLES,
+    Quality,
+    TableSpec,
+)
+from meterlake.storage.layout import init_lake
+
+UTC = dt.UTC
+T0 = dt.datetime(2026, 10, 1, tzinfo=UTC)
+"""A fixed start for test data: 2026-10-01 00:00 UTC."""
+
+REPO = Path(__file__).resolve().parent.parent
+
+ReadingsFactory = Callable[..., pl.DataFrame]
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> Path:
+    """An empty lake made by ``init_lake``."""
+    return init_lake(tmp_path / "lake")
+
+
+def make_readings(
+    meters: Sequence[str] = ("m-0001", "m-0002"),
+    *,
+    days: int = 1,
+    start: dt.datetime = T0,
+    step: dt.timedelta = dt.timedelta(hours=1),
+    quantities: Sequence[str] = ("energy_import_kwh", "power_w"),
+    source: str = "modbus:gw1",
+    received_delay: dt.timedelta = dt.timedelta(seconds=5),
+) -> pl.DataFrame:
+    """A valid readings frame: every meter x quantity x time step for ``days`` UTC days.
+
+    Values are deterministic and distinct per row; the cumulative energy grows with time.
+    """
+    steps = int(dt.timedelta(days=days) / step)
+    rows: dict[str, list[Any]] = {c: [] for c in READINGS.schema}
+    for m, meter in enumerate(meters):
+        for q, quantity in enumerate(quantities):
+            for i in range(steps):
+                ts = start + i * step
+                rows["meter_id"].append(meter)
+                rows["ts"].append(ts)
+                rows["quantity"].append(quantity)
+                rows["value"].append(1000.0 * m + 0.25 * i + q / 7)
+                rows["quality"].append([])
+                rows["source"].append(source)
+                rows["received_at"].append(ts + received_delay)
+    return pl.DataFrame(rows, schema=READINGS.schema)
+
+
+@pytest.fixture(scope="session")
+def readings_factory() -> ReadingsFactory:
+    """:func:`make_readings`, as a fixture (session-scoped, so hypothesis tests may use it)."""
+    return make_readings
+
+
+def sample_frame(table: TableSpec) -> pl.DataFrame:
+    """A small, realistic frame of ``table`` spanning two partitions, with nulls where allowed.
+
+    Rows are unique on the table's dedup key.
+    """
+    frames: dict[str, dict[str, list[Any]]] = {
+        READINGS.name: {
+            "meter_id": ["SDM630-0001", "SDM630-0001", "dtsu666:17", "dtsu666:17", "m.3_a"],
+            "ts": [
+                T0,
+                T0 + dt.timedelta(minutes=15),
+                T0 + dt.timedelta(hours=23, minutes=59, seconds=59, microseconds=999_999),
+                T0 + dt.timedelta(days=1),
+                T0 + dt.timedelta(days=1, hours=3),
+            ],
+            "quantity": [
+                "energy_import_kwh",
+                "energy_import_t2_kwh",
+                "voltage_l1_v",
+                "power_w",
+                "balance",
+            ],
+            "value": [12345.678, 0.001, 229.7, float("nan"), None],
+            "quality": [
+                [],
+                [Quality.ESTIMATED.value],
+                [Quality.CLOCK_INVALID.value, Quality.OUT_OF_RANGE.value],
+                [Quality.INVALID_VALUE.value],
+                None,
+            ],
+            "source": ["modbus:gw1/sdm630@1", "modbus:gw1/sdm630@1", "mqtt:tele/dtsu", None, "x"],
+            "received_at": [
+                T0 + dt.timedelta(seconds=2),
+                T0 + dt.timedelta(minutes=15, seconds=1),
+                T0 + dt.timedelta(days=1, seconds=3),
+                None,
+                T0 + dt.timedelta(days=3),
+            ],
+        },
+        INTERVALS.name: {
+            "meter_id": ["m-1", "m-1", "m-2", "m-2"],
+            "interval_start": [
+                T0 - dt.timedelta(minutes=15),
+                T0,
+                T0,
+                T0 + dt.timedelta(days=40),
+            ],
+            "interval_minutes": [15, 15, 30, 60],
+            "energy_import_kwh": [0.125, 0.25, None, 1.5],
+            "energy_export_kwh": [0.0, None, 0.75, 0.0],
+            "status": ["actual", "estimated", "missing", "edited"],
+            "flags": [[], ["gap_fill_linear"], ["missing_reads", "clock_invalid"], None],
+            "method": [None, "linear", None, "manual"],
+            "version": [1, 2, 1, 3],
+            "run_id": ["run-a", "run-b", "run-a", None],
+        },
+        BILLS.name: {
+            "bill_id": ["b-9f3a", "b-7c21", "b-7c22"],
+            "meter_id": ["m-1", "m-2", "m-2"],
+            "period": ["2026-09", "2026-10", "2026-10"],
+            "period_start": [dt.date(2026, 9, 1), dt.date(2026, 10, 1), dt.date(2026, 10, 1)],
+            "period_end": [dt.date(2026, 9, 30), dt.date(2026, 10, 31), dt.date(2026, 10, 31)],
+            "tariff_id": ["cn-sh-residential", "flat", "flat"],
+            "tariff_version": ["2026.1", "1", "2"],
+            "interval_version": ["v3", "v1", "v2"],
+            "energy_import_kwh": [312.5, 88.0, 90.25],
+            "energy_export_kwh": [None, 12.5, 12.5],
+            "total_amount": [Decimal("193.7500"), Decimal("-0.0100"), Decimal("1234567.8901")],
+            "currency": ["CNY", "EUR", "EUR"],
+            "estimated_share": [0.0, 0.125, None],
+            "version": [1, 1, 2],
+            "supersedes": [None, None, "b-7c21"],
+            "issued_at": [
+                T0 + dt.timedelta(hours=2),
+                T0 + dt.timedelta(days=31),
+                T0 + dt.timedelta(days=35),
+            ],
+        },
+        BILL_LINES.name: {
+            "line_id": ["l-1", "l-2", "l-3"],
+            "bill_id": ["b-9f3a", "b-9f3a", "b-7c21"],
+            "period": ["2026-09", "2026-09", "2026-10"],
+            "code": ["energy_tier2_peak", "fixed", "export_credit"],
+            "description": ["第二档 峰时电量", "Fixed charge", None],
+            "quantity": [120.5, 1.0, -12.5],
+            "unit": ["kWh", "month", "kWh"],
+            "rate": [Decimal("0.61700000"), Decimal("5.00000000"), Decimal("0.12345678")],
+            "amount": [Decimal("74.3485"), Decimal("5.0000"), Decimal("-1.5432")],
+            "currency": ["CNY", "CNY", None],
+        },
+        ALERTS.name: {
+            "alert_id": ["a-1", "a-1", "a-2"],
+            "rule": ["usage_jump", "usage_jump", "meter_offline"],
+            "severity": ["warning", "warning", "critical"],
+            "meter_id": ["m-1", "m-1", "m-2"],
+            "ts": [T0, T0 + dt.timedelta(hours=5), T0 + dt.timedelta(days=1)],
+            "state": ["raised", "resolved", "raised"],
+            "message": ["usage 3.2x the usual", None, "no reading for 2 h"],
+            "values_json": ['{"ratio": 3.2}', None, "{}"],
+        },
+        QUARANTINE.name: {
+            "received_at": [T0, T0 + dt.timedelta(days=1, minutes=1), T0 + dt.timedelta(days=1)],
+            "source": ["mqtt:tele/shelly/1", "mqtt:zigbee2mqtt/plug", "import:readings.csv"],
+            "reason": ["not JSON", "unknown field 'enrgy'", "empty payload"],
+            "payload": [b"\x00\xff\xfe garbage", b'{"enrgy": 1}', b""],
+        },
+    }
+    assert set(frames) == set(TABLES), "a table was added: give it a sample frame"
+    return pl.DataFrame(frames[table.name], schema=table.schema)
+
+
+@pytest.fixture(scope="session")
+def table_sample() -> Callable[[TableSpec], pl.DataFrame]:
+    """:func:`sample_frame`, as a fixture."""
+    return sample_frame
+
+
+def run_python(
+    code: str, *args: str, timeout: float = 60, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (``sys.argv[1:]`` = ``args``); return the result."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def python_runner() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """:func:`run_python`, as a fixture."""
+    return run_python
+
+
+def popen_python(code: str, *args: str) -> subprocess.Popen[str]:
+    """Start ``code`` in a fresh interpreter without waiting; stdout is a text pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+@pytest.fixture
+def python_popen() -> Any:
+    """Start subprocesses with :func:`popen_python`; any still running at teardown are killed."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(code: str, *args: str) -> subprocess.Popen[str]:
+        proc = popen_python(code, *args)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
