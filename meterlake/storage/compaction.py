@@ -40,11 +40,11 @@ from typing import Final
 
 import polars as pl
 
+from meterlake.config.durable import fsync_dir
 from meterlake.config.errors import LakeBusyError
 from meterlake.config.schemas import FLAGS, READINGS, TABLES, Quality, TableSpec
 from meterlake.storage.layout import (
     TMP_DIR,
-    fsync_dir,
     list_partitions,
     new_file_name,
     partition_dir,

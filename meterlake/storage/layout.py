@@ -22,6 +22,7 @@ import socket
 from pathlib import Path
 from typing import Final
 
+from meterlake.config.durable import fsync_dir, fsync_file
 from meterlake.config.errors import PermanentError
 from meterlake.config.ids import validate_partition_value
 from meterlake.config.schemas import TABLES, TableSpec
@@ -133,23 +134,6 @@ def tmp_path(root: Path, name: str) -> Path:
     directory = root / TMP_DIR
     directory.mkdir(parents=True, exist_ok=True)
     return directory / f"{name}.part"
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def publish(tmp: Path, final: Path) -> None:
