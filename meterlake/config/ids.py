@@ -23,13 +23,18 @@ _DAY_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _MONTH_RE: Final = re.compile(r"^\d{4}-\d{2}$")
 
 
+def is_safe_meter_id(meter_id: str) -> bool:
+    """True if ``meter_id`` may become part of a path (see :func:`validate_meter_id`)."""
+    return isinstance(meter_id, str) and _METER_ID_RE.fullmatch(meter_id) is not None
+
+
 def validate_meter_id(meter_id: str) -> str:
     """Return ``meter_id`` unchanged if it is safe, else raise :class:`UnsafeIdentifierError`.
 
     >>> validate_meter_id("m-0001")
     'm-0001'
     """
-    if not isinstance(meter_id, str) or _METER_ID_RE.fullmatch(meter_id) is None:
+    if not is_safe_meter_id(meter_id):
         raise UnsafeIdentifierError(
             f"meter id {meter_id!r} is not allowed: use 1 to {METER_ID_MAX_LEN} letters, "
             "digits or '._-:', starting with a letter or digit "

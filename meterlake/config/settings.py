@@ -68,14 +68,46 @@ class SiteSettings(_Section):
 class MqttSettings(_Section):
     """One MQTT broker connection (``[[mqtt]]``; a gateway may have several)."""
 
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")] = "mqtt"
+    """Names this subscription in logs, status and the readings' ``source``."""
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
     username: str | None = None
     password: Annotated[str | None, Field(repr=False)] = None
-    client_id: str = "meterlake"
+    client_id: Annotated[str, Field(min_length=1, max_length=128)] = "meterlake"
+    """Fixed per collector: the broker keeps the persistent session under this id."""
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    qos: Literal[0, 1] = 1
     tls_ca_file: Path | None = None
+    """A CA file turns TLS on (with the system's CAs use ``tls = true``)."""
+    tls: bool = False
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
     topics: tuple[str, ...] = ()
     """Topic filters to subscribe to, e.g. ``tele/+/SENSOR`` or ``$share/group/meters/#``."""
+    format: str = "canonical"
+    """The payload format of these topics (``canonical``, ``tasmota``, ``shelly-gen2``, ...)."""
+    meter_id: str | None = None
+    """Where the meter id comes from, e.g. ``{topic[1]}`` (the second topic segment)."""
+
+
+class SpoolSettings(_Section):
+    """The gateway's on-disk spool between the collectors and the lake."""
+
+    path: Path = Path("spool")
+    """Spool directory (relative paths are relative to the config file)."""
+    fsync: Literal["always", "batch", "never"] = "batch"
+    """``batch``: one fsync per group commit before acknowledging (the default and durable);
+    ``always``: one per append; ``never``: leave it to the OS (not crash-safe)."""
+    commit_interval_s: Annotated[float, Field(gt=0, le=5)] = 0.02
+    """Longest wait of a message for its group commit [s]."""
+    segment_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 8 * 1024 * 1024
+    """A segment is sealed for flushing at this size [B] ..."""
+    segment_age_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    """... or at this age [s]."""
+    flush_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    """How often sealed segments are written to the lake [s]."""
 
 
 class ApiToken(_Section):
@@ -98,6 +130,7 @@ class Settings(_Section):
     lake: LakeSettings = LakeSettings()
     site: SiteSettings = SiteSettings()
     mqtt: tuple[MqttSettings, ...] = ()
+    spool: SpoolSettings = SpoolSettings()
     api: ApiSettings = ApiSettings()
 
 
@@ -144,10 +177,17 @@ def _resolve_relative_paths(settings: Settings, base: Path) -> Settings:
 
     lake = settings.lake.model_copy(update={"path": resolve(settings.lake.path)})
     brokers = tuple(
-        b if b.tls_ca_file is None else b.model_copy(update={"tls_ca_file": resolve(b.tls_ca_file)})
+        b.model_copy(
+            update={
+                key: resolve(value)
+                for key in ("tls_ca_file", "tls_certfile", "tls_keyfile")
+                if (value := getattr(b, key)) is not None
+            }
+        )
         for b in settings.mqtt
     )
-    return settings.model_copy(update={"lake": lake, "mqtt": brokers})
+    spool = settings.spool.model_copy(update={"path": resolve(settings.spool.path)})
+    return settings.model_copy(update={"lake": lake, "mqtt": brokers, "spool": spool})
 
 
 def _apply_env_overrides(
