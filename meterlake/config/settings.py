@@ -19,7 +19,8 @@ import tomllib
 import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Final, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -65,11 +66,9 @@ class SiteSettings(_Section):
         return value
 
 
-class MqttSettings(_Section):
-    """One MQTT broker connection (``[[mqtt]]``; a gateway may have several)."""
+class MqttConnection(_Section):
+    """How to reach an MQTT broker (shared by subscriptions and the upstream forwarder)."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")] = "mqtt"
-    """Names this subscription in logs, status and the readings' ``source``."""
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
     username: str | None = None
@@ -78,18 +77,37 @@ class MqttSettings(_Section):
     """Fixed per collector: the broker keeps the persistent session under this id."""
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
-    qos: Literal[0, 1] = 1
     tls_ca_file: Path | None = None
     """A CA file turns TLS on (with the system's CAs use ``tls = true``)."""
     tls: bool = False
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
+
+
+class MqttSettings(MqttConnection):
+    """One MQTT subscription (``[[mqtt]]``; a gateway may have several)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")] = "mqtt"
+    """Names this subscription in logs, status and the readings' ``source``."""
+    qos: Literal[0, 1] = 1
     topics: tuple[str, ...] = ()
     """Topic filters to subscribe to, e.g. ``tele/+/SENSOR`` or ``$share/group/meters/#``."""
     format: str = "canonical"
     """The payload format of these topics (``canonical``, ``tasmota``, ``shelly-gen2``, ...)."""
     meter_id: str | None = None
     """Where the meter id comes from, e.g. ``{topic[1]}`` (the second topic segment)."""
+
+
+class UpstreamSettings(MqttConnection):
+    """Forward every reading to a central broker as canonical JSON batches (QoS 1)."""
+
+    client_id: Annotated[str, Field(min_length=1, max_length=128)] = "meterlake-upstream"
+    topic: Annotated[str, Field(min_length=1)] = "meterlake/readings"
+    """Topic of the batches; a central ``meterlake collect`` subscribes to it (format canonical)."""
+    batch_readings: Annotated[int, Field(ge=1, le=100_000)] = 500
+    """Readings per published message."""
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    """How long a flush waits for the broker's acknowledgements before it retries later [s]."""
 
 
 class SpoolSettings(_Section):
@@ -124,6 +142,9 @@ class ApiSettings(_Section):
     tokens: tuple[ApiToken, ...] = ()
 
 
+_C = TypeVar("_C", bound=MqttConnection)
+
+
 class Settings(_Section):
     """All settings of one meterlake installation."""
 
@@ -131,6 +152,7 @@ class Settings(_Section):
     site: SiteSettings = SiteSettings()
     mqtt: tuple[MqttSettings, ...] = ()
     spool: SpoolSettings = SpoolSettings()
+    upstream: UpstreamSettings | None = None
     api: ApiSettings = ApiSettings()
 
 
@@ -176,18 +198,18 @@ def _resolve_relative_paths(settings: Settings, base: Path) -> Settings:
         return p if p.is_absolute() else base / p
 
     lake = settings.lake.model_copy(update={"path": resolve(settings.lake.path)})
-    brokers = tuple(
-        b.model_copy(
-            update={
-                key: resolve(value)
-                for key in ("tls_ca_file", "tls_certfile", "tls_keyfile")
-                if (value := getattr(b, key)) is not None
-            }
-        )
-        for b in settings.mqtt
-    )
+
+    def resolve_tls(conn: _C) -> _C:
+        keys = ("tls_ca_file", "tls_certfile", "tls_keyfile")
+        paths = {k: resolve(v) for k in keys if (v := getattr(conn, k)) is not None}
+        return conn.model_copy(update=paths)
+
+    brokers = tuple(resolve_tls(b) for b in settings.mqtt)
+    upstream = None if settings.upstream is None else resolve_tls(settings.upstream)
     spool = settings.spool.model_copy(update={"path": resolve(settings.spool.path)})
-    return settings.model_copy(update={"lake": lake, "mqtt": brokers, "spool": spool})
+    return settings.model_copy(
+        update={"lake": lake, "mqtt": brokers, "spool": spool, "upstream": upstream}
+    )
 
 
 def _apply_env_overrides(
@@ -265,8 +287,8 @@ def _allowed_keys(section: list[str]) -> list[str]:
             continue
         field = model.model_fields.get(part)
         annotation = getattr(field, "annotation", None)
-        if get_origin(annotation) is tuple:  # an array of tables, e.g. [[mqtt]]
-            annotation = get_args(annotation)[0]
+        if get_origin(annotation) in (tuple, UnionType):  # [[mqtt]], or an optional table
+            annotation = next(a for a in get_args(annotation) if a is not type(None))
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             model = annotation
         else:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import polars as pl
 
 from meterlake.config.durable import fsync_file
-from meterlake.config.errors import MeterlakeError
+from meterlake.config.errors import MeterlakeError, RetryableError
 from meterlake.config.ids import is_safe_meter_id
 from meterlake.config.schemas import QUARANTINE, READINGS, TableSpec, is_known_quantity
 from meterlake.ingest.readings import Reading, readings_frame
@@ -32,6 +32,8 @@ Decoder = Callable[[Envelope], list[Reading]]
 """Turns one spooled message into readings, or raises a MeterlakeError saying why it cannot."""
 Writer = Callable[[TableSpec, pl.DataFrame], object]
 """Writes a frame into a lake table durably (``storage.writer.write_table`` bound to a lake)."""
+Forward = Callable[[pl.DataFrame], None]
+"""Sends readings upstream and returns once they are acknowledged (or raises RetryableError)."""
 
 
 class Collector(Protocol):
@@ -51,6 +53,7 @@ class FlushResult:
     readings: int = 0
     quarantined: int = 0
     torn_bytes: int = 0
+    forwarded: int = 0
 
 
 def decode_envelopes(
@@ -110,10 +113,20 @@ def quarantine_frame(bad: Sequence[tuple[Envelope, str]]) -> pl.DataFrame:
     ).cast(QUARANTINE.schema)
 
 
-def flush_spool(spool: Spool, decoders: Mapping[str, Decoder], write: Writer) -> FlushResult:
-    """Move every sealed segment (and the open one, if old enough) into the lake, then trim it."""
+def flush_spool(
+    spool: Spool,
+    decoders: Mapping[str, Decoder],
+    write: Writer,
+    forward: Forward | None = None,
+) -> FlushResult:
+    """Move sealed segments into the lake (and upstream), trimming each once it is done.
+
+    With ``forward``, a segment in the lake waits as *stored* until the upstream broker
+    acknowledged its readings; an upstream outage (a ``RetryableError``) leaves it there for the
+    next flush and does not hold up the lake.
+    """
     spool.seal_if_old()
-    total = FlushResult()
+    segments = envelopes = readings_count = quarantined = torn = forwarded = 0
     for path in spool.sealed_segments():
         contents = read_segment(path)
         if contents.torn_bytes:
@@ -126,15 +139,26 @@ def flush_spool(spool: Spool, decoders: Mapping[str, Decoder], write: Writer) ->
         readings, quarantine = decode_envelopes(contents.envelopes, decoders)
         write(READINGS, readings)
         write(QUARANTINE, quarantine)
-        spool.trim(path)
-        total = FlushResult(
-            segments=total.segments + 1,
-            envelopes=total.envelopes + len(contents.envelopes),
-            readings=total.readings + readings.height,
-            quarantined=total.quarantined + quarantine.height,
-            torn_bytes=total.torn_bytes + contents.torn_bytes,
-        )
-    return total
+        if forward is None:
+            spool.trim(path)
+        else:
+            spool.mark_stored(path)
+        segments += 1
+        envelopes += len(contents.envelopes)
+        readings_count += readings.height
+        quarantined += quarantine.height
+        torn += contents.torn_bytes
+    if forward is not None:
+        for path in spool.stored_segments():
+            readings, _ = decode_envelopes(read_segment(path).envelopes, decoders)
+            try:
+                forward(readings)
+            except RetryableError as exc:
+                log.warning("forwarding upstream paused: %s (the spool keeps the data)", exc)
+                break
+            spool.trim(path)
+            forwarded += readings.height
+    return FlushResult(segments, envelopes, readings_count, quarantined, torn, forwarded)
 
 
 class Gateway:
@@ -160,6 +184,7 @@ class Gateway:
         write: Writer,
         collectors: Sequence[Collector],
         *,
+        forward: Forward | None = None,
         flush_interval_s: float = 5.0,
         status_path: Path | None = None,
     ) -> None:
@@ -167,6 +192,7 @@ class Gateway:
         self.decoders = decoders
         self.write = write
         self.collectors = list(collectors)
+        self.forward = forward
         self.flush_interval_s = flush_interval_s
         self.status_path = status_path
         self.flushed = FlushResult()
@@ -200,16 +226,17 @@ class Gateway:
     def flush(self) -> FlushResult:
         """One flush, logged and counted; a failed write leaves the segment for the next one."""
         try:
-            result = flush_spool(self.spool, self.decoders, self.write)
+            result = flush_spool(self.spool, self.decoders, self.write, self.forward)
         except OSError as exc:
             log.error("flush to the lake failed (%s); the spool keeps the data, retrying", exc)
             return FlushResult()
-        if result.segments:
+        if result.segments or result.forwarded:
             log.info(
-                "flushed %d segment(s): %d readings, %d quarantined",
+                "flushed %d segment(s): %d readings, %d quarantined, %d forwarded upstream",
                 result.segments,
                 result.readings,
                 result.quarantined,
+                result.forwarded,
             )
         self.flushed = FlushResult(
             **{k: getattr(self.flushed, k) + getattr(result, k) for k in asdict(result)}

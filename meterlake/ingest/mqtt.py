@@ -25,7 +25,7 @@ from typing import Any, Final
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from meterlake.config.settings import MqttSettings
+from meterlake.config.settings import MqttConnection, MqttSettings
 from meterlake.ingest.spool import Envelope, Spool, SpoolFullError
 
 log = logging.getLogger(__name__)
@@ -87,18 +87,19 @@ class MqttCollector:
         self._stopping = False
         self._health = MqttHealth(name=settings.name)
         self._committer: threading.Thread | None = None
-        self.client = self._make_client()
+        self.client = make_client(settings, manual_ack=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
 
     # lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
         """Connect (in the background, retrying) and start taking messages."""
-        s = self.settings
-        clean_start: Any = False if s.protocol == "5" else paho.MQTT_CLEAN_START_FIRST_ONLY
-        self.client.connect_async(s.host, s.port, keepalive=s.keepalive_s, clean_start=clean_start)
-        self.client.loop_start()
+        connect_in_background(self.client, self.settings)
         self._committer = threading.Thread(
-            target=self._commit_loop, name=f"mqtt-commit-{s.name}", daemon=True
+            target=self._commit_loop, name=f"mqtt-commit-{self.settings.name}", daemon=True
         )
         self._committer.start()
 
@@ -228,30 +229,32 @@ class MqttCollector:
             )
         return True
 
-    # setup ---------------------------------------------------------------------------------
 
-    def _make_client(self) -> paho.Client:
-        s = self.settings
-        v5 = s.protocol == "5"
-        client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=s.client_id,
-            clean_session=None if v5 else False,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            manual_ack=True,
+def make_client(conn: MqttConnection, *, manual_ack: bool) -> paho.Client:
+    """A paho client for ``conn``: persistent session, credentials, TLS, reconnect back-off."""
+    v5 = conn.protocol == "5"
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=conn.client_id,
+        clean_session=None if v5 else False,
+        protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+        manual_ack=manual_ack,
+    )
+    if conn.username is not None:
+        client.username_pw_set(conn.username, conn.password)
+    if conn.tls or conn.tls_ca_file is not None:
+        client.tls_set(
+            ca_certs=str(conn.tls_ca_file) if conn.tls_ca_file else None,
+            certfile=str(conn.tls_certfile) if conn.tls_certfile else None,
+            keyfile=str(conn.tls_keyfile) if conn.tls_keyfile else None,
+            cert_reqs=ssl.CERT_REQUIRED,
         )
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password)
-        if s.tls or s.tls_ca_file is not None:
-            client.tls_set(
-                ca_certs=str(s.tls_ca_file) if s.tls_ca_file else None,
-                certfile=str(s.tls_certfile) if s.tls_certfile else None,
-                keyfile=str(s.tls_keyfile) if s.tls_keyfile else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        return client
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    return client
+
+
+def connect_in_background(client: paho.Client, conn: MqttConnection) -> None:
+    """Connect (retrying with back-off) from paho's own network thread."""
+    clean_start: Any = False if conn.protocol == "5" else paho.MQTT_CLEAN_START_FIRST_ONLY
+    client.connect_async(conn.host, conn.port, keepalive=conn.keepalive_s, clean_start=clean_start)
+    client.loop_start()

@@ -10,6 +10,7 @@ Layout of the spool directory::
 
     000000000007.open     the segment being appended to (one per spool)
     000000000006.seg      sealed segments, waiting to be flushed into the lake
+    000000000005.stored   in the lake already, waiting to be forwarded upstream (if configured)
 
 A record is ``length u32 | crc32 u32 | received_at_us i64 | channel_len u16 | topic_len u16 |
 channel | topic | payload``. A crash mid-append leaves a torn last record; reading stops there,
@@ -40,6 +41,7 @@ _HEADER: Final = struct.Struct("<IIq")
 _NAMES: Final = struct.Struct("<HH")
 _OPEN: Final = ".open"
 _SEALED: Final = ".seg"
+_STORED: Final = ".stored"
 _MAX_RECORD: Final = 256 * 1024 * 1024
 
 
@@ -239,6 +241,17 @@ class Spool:
         """Sealed segments, oldest first."""
         return sorted(self.directory.glob(f"*{_SEALED}"))
 
+    def mark_stored(self, path: Path) -> Path:
+        """Record that a sealed segment is durably in the lake; it waits for forwarding."""
+        stored = path.with_suffix(_STORED)
+        path.rename(stored)
+        fsync_dir(self.directory)
+        return stored
+
+    def stored_segments(self) -> list[Path]:
+        """Segments in the lake but not yet forwarded upstream, oldest first."""
+        return sorted(self.directory.glob(f"*{_STORED}"))
+
     def trim(self, path: Path) -> None:
         """Delete a sealed segment whose contents are durably in the lake."""
         path.unlink(missing_ok=True)
@@ -265,7 +278,9 @@ class Spool:
         return self._fd
 
     def _all_segments(self) -> list[Path]:
-        return sorted([*self.directory.glob(f"*{_OPEN}"), *self.directory.glob(f"*{_SEALED}")])
+        return sorted(
+            p for suffix in (_OPEN, _SEALED, _STORED) for p in self.directory.glob(f"*{suffix}")
+        )
 
     def _recover_open_segments(self) -> None:
         """Seal segments left open by a crash; their valid records are flushed like any other."""

@@ -195,8 +195,8 @@ def test_every_problem_is_listed(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "key", "allowed"),
     [
-        ("[[mqtt]]\nhots = 'x'\n", "[[mqtt]] #1 hots", "name, host, port, username, password"),
-        ("[lakes]\npath = 'x'\n", "lakes", "lake, site, mqtt, spool, api"),
+        ("[[mqtt]]\nhots = 'x'\n", "[[mqtt]] #1 hots", "host, port, username, password"),
+        ("[lakes]\npath = 'x'\n", "lakes", "lake, site, mqtt, spool, upstream, api"),
         ("[lake]\nroot = 'x'\n", "[lake] root", "path, compact_min_files, compact_target_rows"),
         (
             f"[[api.tokens]]\ntoken = '{TOKEN}'\nscopes = ['bills:read']\nscope = 'x'\n",
