@@ -118,8 +118,9 @@ class SpoolSettings(_Section):
     fsync: Literal["always", "batch", "never"] = "batch"
     """``batch``: one fsync per group commit before acknowledging (the default and durable);
     ``always``: one per append; ``never``: leave it to the OS (not crash-safe)."""
-    commit_interval_s: Annotated[float, Field(gt=0, le=5)] = 0.02
-    """Longest wait of a message for its group commit [s]."""
+    commit_delay_s: Annotated[float, Field(ge=0, le=5)] = 0.0
+    """Extra wait before each group commit, to gather more messages per fsync on slow media
+    such as SD cards [s]; 0: commit as soon as the previous commit is done."""
     segment_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 8 * 1024 * 1024
     """A segment is sealed for flushing at this size [B] ..."""
     segment_age_s: Annotated[float, Field(gt=0, le=3600)] = 10.0

@@ -29,23 +29,22 @@ class UpstreamUnavailableError(RetryableError):
 def encode_canonical(readings: pl.DataFrame, batch_readings: int) -> Iterator[bytes]:
     """Canonical JSON batches of a ``READINGS`` frame, about ``batch_readings`` readings each.
 
-    One object per (meter, ts) with its quantities; quality flags travel in an optional
-    ``quality`` object (``{"power_w": ["clock_invalid"]}``); NaN is written as ``NaN``.
+    One object per (meter, ts, quality flags) with its quantities; the flags travel in the
+    object's optional ``quality`` list; NaN is written as ``NaN`` (Python's JSON reads it).
     """
-    grouped = readings.group_by(["meter_id", "ts"], maintain_order=True).agg(
-        "quantity", "value", "quality"
+    grouped = readings.group_by(["meter_id", "ts", "quality"], maintain_order=True).agg(
+        "quantity", "value"
     )
     batch: list[dict[str, Any]] = []
     size = 0
-    for meter_id, ts, quantities, values, qualities in grouped.iter_rows():
+    for meter_id, ts, quality, quantities, values in grouped.iter_rows():
         item: dict[str, Any] = {
             "meter_id": meter_id,
             "ts": ts.isoformat().replace("+00:00", "Z"),
             "readings": dict(zip(quantities, values, strict=True)),
         }
-        flags = {q: f for q, f in zip(quantities, qualities, strict=True) if f}
-        if flags:
-            item["quality"] = flags
+        if quality:
+            item["quality"] = quality
         batch.append(item)
         size += len(quantities)
         if size >= batch_readings:

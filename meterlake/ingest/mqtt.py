@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -29,9 +29,6 @@ from meterlake.config.settings import MqttConnection, MqttSettings
 from meterlake.ingest.spool import Envelope, Spool, SpoolFullError
 
 log = logging.getLogger(__name__)
-
-DEFAULT_COMMIT_INTERVAL_S: Final = 0.02
-MAX_BATCH: Final = 5000
 
 
 @dataclass(frozen=True)
@@ -63,8 +60,9 @@ class MqttCollector:
         The broker connection and topics.
     spool
         Where messages go (shared with other collectors).
-    commit_interval_s
-        Longest time a message waits for its group commit [s].
+    commit_delay_s
+        Extra wait before each group commit, to gather more messages per fsync on slow
+        media (SD cards) [s]; 0: commit as soon as the previous commit is done.
     clock
         Wall-clock seconds (for health only), injectable.
     """
@@ -74,13 +72,13 @@ class MqttCollector:
         settings: MqttSettings,
         spool: Spool,
         *,
-        commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S,
+        commit_delay_s: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.spool = spool
         self.channel = channel_name(settings)
-        self.commit_interval_s = commit_interval_s
+        self.commit_delay_s = commit_delay_s
         self._clock = clock
         self._queue: list[tuple[Envelope, int, int]] = []  # envelope, mid, qos
         self._cond = threading.Condition()
@@ -176,17 +174,21 @@ class MqttCollector:
             self._health = replace(
                 self._health, messages=self._health.messages + 1, last_message_at=now
             )
-            if len(self._queue) >= MAX_BATCH:
+            if len(self._queue) == 1:
                 self._cond.notify()
 
     # commit thread -------------------------------------------------------------------------
 
     def _commit_loop(self) -> None:
+        # Group commit: while one append + fsync runs, the next messages gather in the queue and
+        # go in the next single write, so the fsync rate adapts to the disk by itself.
         while True:
             with self._cond:
-                # wait a little even when messages are queued: that is the group commit
-                if not self._stopping and len(self._queue) < MAX_BATCH:
-                    self._cond.wait(self.commit_interval_s)
+                while not self._queue and not self._stopping:
+                    self._cond.wait(1.0)
+            if self.commit_delay_s and not self._stopping:
+                time.sleep(self.commit_delay_s)  # gather more per fsync on slow media
+            with self._cond:
                 batch, self._queue = self._queue, []
                 stopping = self._stopping
             if batch and not self._commit(batch):

@@ -75,17 +75,23 @@ def readings_frame(rows: Iterable[Reading], *, received_at_us: int | list[int]) 
     ``received_at_us`` is one receipt time for all rows, or one per row.
     """
     rows = list(rows)
+    # Columns are built by transposing the tuples: far faster than a row-oriented frame.
+    # Quality tuples repeat (mostly empty), so each distinct one is converted once.
+    meter_ids, ts, quantities, values, qualities, sources = (
+        zip(*rows, strict=True) if rows else ((), (), (), (), (), ())
+    )
+    codes: dict[tuple[str, ...], int] = {}
+    quality_index = [codes.setdefault(q, len(codes)) for q in qualities]
+    distinct = pl.Series([list(q) for q in codes], dtype=pl.List(pl.String))
     frame = pl.DataFrame(
-        rows,
-        schema={
-            "meter_id": pl.String,
-            "ts": pl.Int64,
-            "quantity": pl.String,
-            "value": pl.Float64,
-            "quality": pl.List(pl.String),
-            "source": pl.String,
-        },
-        orient="row",
+        {
+            "meter_id": pl.Series(meter_ids, dtype=pl.String),
+            "ts": pl.Series(ts, dtype=pl.Int64),
+            "quantity": pl.Series(quantities, dtype=pl.String),
+            "value": pl.Series(values, dtype=pl.Float64),
+            "quality": distinct.gather(pl.Series(quality_index, dtype=pl.UInt32)),
+            "source": pl.Series(sources, dtype=pl.String),
+        }
     )
     received = (
         pl.Series("received_at", received_at_us, dtype=pl.Int64)
