@@ -9,7 +9,11 @@ settings or input and 1 for everything else that failed.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
+import signal
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -29,7 +33,21 @@ from meterlake.config.errors import LakeBusyError, MeterlakeError, PermanentErro
 from meterlake.config.schemas import INTERVALS, QUARANTINE, READINGS, TABLES
 from meterlake.config.settings import DEFAULT_CONFIG_NAME, Settings, load_settings
 from meterlake.ingest.files import read_import_file, whole_file_quarantine
+from meterlake.ingest.forward import UpstreamForwarder
+from meterlake.ingest.gateway import (
+    MODBUS_CHANNEL,
+    Collector,
+    Decoder,
+    Gateway,
+    envelope_decoder,
+    spool_sink,
+)
+from meterlake.ingest.modbus import ModbusCollector
+from meterlake.ingest.mqtt import MqttCollector, channel_name
+from meterlake.ingest.payloads import FormatOptions
+from meterlake.ingest.profiles import load_registry
 from meterlake.ingest.simulator import FleetSpec, simulate_batches, simulate_faults
+from meterlake.ingest.spool import Spool
 from meterlake.storage.catalog import connect_catalog, refresh_catalog
 from meterlake.storage.compaction import compact_lake
 from meterlake.storage.layout import init_lake, list_partitions, partition_files, require_lake
@@ -73,14 +91,38 @@ compact_target_rows = 5000000  # rows per compacted file, at most
 [site]
 timezone = "Asia/Shanghai"   # IANA zone of local days and tariff calendars
 
-# [[mqtt]]                  # one table per broker connection
+# A gateway (meterlake collect): Modbus buses, MQTT subscriptions, the spool.
+# [[modbus]]
+# name = "bus0"
+# host = "192.168.1.50"      # or: serial = "/dev/ttyUSB0", baudrate = 9600
+# port = 502
+# framer = "socket"          # socket | rtu | rtu-over-tcp
+# interval = "60s"           # aligned to the wall clock
+# timeout = "1s"
+# [[modbus.devices]]
+# meter_id = "sdm-001"
+# unit = 1
+# profile = "eastron_sdm630" # eastron_sdm630 | eastron_sdm120 | chint_dtsu666 | chint_ddsu666
+#
+# [[mqtt]]                   # one table per subscription
+# name = "tasmota"
 # host = "127.0.0.1"
 # port = 1883
-# client_id = "meterlake-gw01"
+# client_id = "meterlake-gw01"   # fixed: the broker keeps the session under it
 # topics = ["tele/+/SENSOR"]
+# format = "tasmota"         # canonical | tasmota | shelly-gen2 | zigbee2mqtt | mapping
+# meter_id = "{topic[1]}"
 # username = "gateway"
 # password = "..."           # better: METERLAKE_MQTT_PASSWORD
 # tls_ca_file = "/etc/ssl/certs/broker-ca.pem"
+#
+# [spool]
+# path = "spool"
+# fsync = "batch"            # batch | always | never
+#
+# [upstream]                 # forward every reading to a central broker
+# host = "central.example"
+# topic = "meterlake/readings"
 
 # [[api.tokens]]
 # token = "a-long-random-token-of-16+-chars"
@@ -402,6 +444,122 @@ def simulate(
     if faults.height:
         counts = faults["kind"].value_counts(sort=True)
         out.print("injected faults: " + ", ".join(f"{k} {n}" for k, n in counts.iter_rows()))
+
+
+@app.command()
+def collect(
+    config: ConfigOpt = None,
+    lake: LakeOpt = None,
+    duration: Annotated[
+        float | None, typer.Option(min=0, help="Stop after this many seconds (default: run on).")
+    ] = None,
+) -> None:
+    """Run the gateway: poll Modbus meters, take MQTT messages, spool, write the lake.
+
+    Runs until SIGTERM/SIGINT (or --duration); then the collectors commit what they took and the
+    spool is flushed into the lake.
+    """
+    settings = _settings(config)
+    if not settings.mqtt and not settings.modbus:
+        raise PermanentError(
+            "nothing to collect: add [[mqtt]] or [[modbus]] tables to the config "
+            "(see the README, 'Collecting')"
+        )
+    root = init_lake(lake if lake is not None else settings.lake.path)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    spool = Spool(
+        settings.spool.path,
+        segment_bytes=settings.spool.segment_bytes,
+        segment_age_s=settings.spool.segment_age_s,
+        fsync=settings.spool.fsync,
+    )
+    decoders: dict[str, Decoder] = {}
+    collectors: list[Collector] = []
+    for subscription in settings.mqtt:
+        options = FormatOptions.from_settings(subscription, site_timezone=settings.site.timezone)
+        decoders[channel_name(subscription)] = envelope_decoder(subscription.format, options)
+        collectors.append(
+            MqttCollector(subscription, spool, commit_delay_s=settings.spool.commit_delay_s)
+        )
+    if settings.modbus:
+        decoders[MODBUS_CHANNEL] = envelope_decoder("canonical", FormatOptions())
+        collectors.append(
+            ModbusCollector(
+                settings.modbus,
+                load_registry(settings.collect.profiles_dir),
+                spool_sink(spool, MODBUS_CHANNEL),
+            )
+        )
+    forwarder = UpstreamForwarder(settings.upstream) if settings.upstream else None
+    gateway = Gateway(
+        spool,
+        decoders,
+        lambda table, frame: write_table(root, table, frame),
+        collectors,
+        forward=forwarder.forward if forwarder else None,
+        flush_interval_s=settings.spool.flush_interval_s,
+        status_path=settings.collect.status_file,
+    )
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: gateway.request_stop())
+    if forwarder:
+        forwarder.start()
+    try:
+        flushed = gateway.run(duration)
+    finally:
+        if forwarder:
+            forwarder.stop()
+    _refresh(root)
+    out.print(
+        f"collected {flushed.readings} readings into {root} "
+        f"({flushed.quarantined} payloads quarantined, {flushed.forwarded} forwarded upstream)"
+    )
+
+
+@app.command()
+def status(config: ConfigOpt = None) -> None:
+    """Health of the running (or last) collector: every subscription and device."""
+    settings = _settings(config)
+    path = settings.collect.status_file
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PermanentError(f"{path}: no status yet; is `meterlake collect` running?") from None
+    age = time.time() - report["written_at"]
+    out.print(
+        f"status of {dt.datetime.fromtimestamp(report['written_at'], dt.UTC):%Y-%m-%d %H:%M:%S} "
+        f"UTC ({age:.0f} s ago); spool holds {report['spool_pending_bytes']} bytes; "
+        f"flushed so far: {report['flushed']['readings']} readings"
+    )
+    devices = Table("bus", "meter", "unit", "profile", "reads", "errors", "offline", "last success")
+    subscriptions = Table("mqtt", "connected", "messages", "acknowledged", "pending", "spool full")
+    for entry in report["collectors"]:
+        for item in entry if isinstance(entry, list) else [entry]:
+            if "meter_id" in item:
+                devices.add_row(
+                    escape(item["bus"]),
+                    escape(item["meter_id"]),
+                    str(item["unit"]),
+                    escape(item["profile"]),
+                    str(item["reads"]),
+                    str(item["errors"]),
+                    "yes" if item["offline"] else "no",
+                    escape(str(item["last_success"] or "-")),
+                )
+            else:
+                subscriptions.add_row(
+                    escape(item["name"]),
+                    "yes" if item["connected"] else "no",
+                    str(item["messages"]),
+                    str(item["acknowledged"]),
+                    str(item["pending"]),
+                    "yes" if item["spool_full"] else "no",
+                )
+    for table in (subscriptions, devices):
+        if table.row_count:
+            out.print(table)
 
 
 @app.callback(invoke_without_command=True)

@@ -7,9 +7,17 @@
     │   ├── ConfigError           a settings file or value is wrong
     │   ├── UnsafeIdentifierError an id or partition value that must not touch a path
     │   ├── SchemaError           a frame does not match a table's column contract
-    │   └── InputFileError        a file to import cannot be read at all
+    │   ├── InputFileError        a file to import cannot be read at all
+    │   └── PayloadError          an MQTT payload cannot be decoded (ingest.payloads; quarantined)
+    │       └── NoReadingsError   a well-formed message without metering fields
     └── RetryableError            the same call may succeed later
-        └── LakeBusyError         another process holds a lock the call needs
+        ├── LakeBusyError         another process holds a lock the call needs
+        ├── SpoolFullError        the spool's disk is full (ingest.spool): stop acknowledging
+        ├── UpstreamUnavailableError  the central broker is away (ingest.forward)
+        └── ModbusError           a device or bus failed (ingest.modbus): timeout, exception
+                                  response, lost connection, cannot connect
+
+Errors raised by a stage are defined in that stage's module and derive from these roots.
 
 Messages say what was wrong and how to fix it; the CLI prints them without a traceback.
 """

@@ -15,6 +15,8 @@ from typing import Final, Literal
 
 import polars as pl
 
+from meterlake.config.errors import PermanentError
+
 UTC_TS: Final = pl.Datetime("us", "UTC")
 FLAGS: Final = pl.List(pl.String)
 MONEY: Final = pl.Decimal(18, 4)
@@ -91,6 +93,24 @@ def is_known_quantity(name: str) -> bool:
     (True, False)
     """
     return name in QUANTITIES or _ENERGY_TOU_RE.fullmatch(name) is not None
+
+
+def canonical_unit(quantity: str) -> str:
+    """The unit a canonical quantity is stored in.
+
+    >>> canonical_unit("power_w"), canonical_unit("energy_export_t2_kwh")
+    ('W', 'kWh')
+
+    Raises
+    ------
+    PermanentError
+        ``quantity`` is not a canonical quantity.
+    """
+    if quantity in QUANTITIES:
+        return QUANTITIES[quantity]
+    if _ENERGY_TOU_RE.fullmatch(quantity):
+        return "kWh"
+    raise PermanentError(f"{quantity!r} is not a canonical quantity (e.g. energy_import_kwh)")
 
 
 def known_quantity(column: str = "quantity") -> pl.Expr:

@@ -22,9 +22,11 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Final, Literal, TypeVar, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from meterlake.config.collect import ModbusBusSettings, check_modbus_buses
 from meterlake.config.errors import ConfigError
+from meterlake.config.payload_formats import PayloadFormatSettings
 
 DEFAULT_CONFIG_NAME: Final = "meterlake.toml"
 CONFIG_ENV: Final = "METERLAKE_CONFIG"
@@ -84,18 +86,15 @@ class MqttConnection(_Section):
     tls_keyfile: Path | None = None
 
 
-class MqttSettings(MqttConnection):
-    """One MQTT subscription (``[[mqtt]]``; a gateway may have several)."""
+class MqttSettings(MqttConnection, PayloadFormatSettings):
+    """One MQTT subscription (``[[mqtt]]``; a gateway may have several): the broker, the
+    topics and how their payloads are decoded (see :mod:`meterlake.config.payload_formats`)."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")] = "mqtt"
     """Names this subscription in logs, status and the readings' ``source``."""
     qos: Literal[0, 1] = 1
     topics: tuple[str, ...] = ()
     """Topic filters to subscribe to, e.g. ``tele/+/SENSOR`` or ``$share/group/meters/#``."""
-    format: str = "canonical"
-    """The payload format of these topics (``canonical``, ``tasmota``, ``shelly-gen2``, ...)."""
-    meter_id: str | None = None
-    """Where the meter id comes from, e.g. ``{topic[1]}`` (the second topic segment)."""
 
 
 class UpstreamSettings(MqttConnection):
@@ -108,6 +107,15 @@ class UpstreamSettings(MqttConnection):
     """Readings per published message."""
     timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
     """How long a flush waits for the broker's acknowledgements before it retries later [s]."""
+
+
+class CollectSettings(_Section):
+    """What ``meterlake collect`` needs besides its collectors."""
+
+    profiles_dir: Path | None = None
+    """A directory of your own device profiles (``*.toml``), beside the shipped ones."""
+    status_file: Path = Path("collect-status.json")
+    """Where the running collector writes every device's health (``meterlake status``)."""
 
 
 class SpoolSettings(_Section):
@@ -152,9 +160,34 @@ class Settings(_Section):
     lake: LakeSettings = LakeSettings()
     site: SiteSettings = SiteSettings()
     mqtt: tuple[MqttSettings, ...] = ()
+    modbus: tuple[ModbusBusSettings, ...] = ()
+    collect: CollectSettings = CollectSettings()
     spool: SpoolSettings = SpoolSettings()
     upstream: UpstreamSettings | None = None
     api: ApiSettings = ApiSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_subscriptions(cls, data: Any) -> Any:
+        """Unnamed ``[[mqtt]]`` tables are ``mqtt1``, ``mqtt2``, ... (or ``mqtt`` if alone)."""
+        subscriptions = data.get("mqtt") if isinstance(data, dict) else None
+        if isinstance(subscriptions, list) and len(subscriptions) > 1:
+            data = {
+                **data,
+                "mqtt": [
+                    {"name": f"mqtt{i}", **sub} if isinstance(sub, dict) else sub
+                    for i, sub in enumerate(subscriptions, start=1)
+                ],
+            }
+        return data
+
+    @model_validator(mode="after")
+    def _collectors_fit_together(self) -> Settings:
+        check_modbus_buses(self.modbus)
+        names = [m.name for m in self.mqtt]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"[[mqtt]] names {dupes} appear more than once; name each one")
+        return self
 
 
 def load_settings(
@@ -208,8 +241,22 @@ def _resolve_relative_paths(settings: Settings, base: Path) -> Settings:
     brokers = tuple(resolve_tls(b) for b in settings.mqtt)
     upstream = None if settings.upstream is None else resolve_tls(settings.upstream)
     spool = settings.spool.model_copy(update={"path": resolve(settings.spool.path)})
+    collect = settings.collect.model_copy(
+        update={
+            "status_file": resolve(settings.collect.status_file),
+            "profiles_dir": None
+            if settings.collect.profiles_dir is None
+            else resolve(settings.collect.profiles_dir),
+        }
+    )
     return settings.model_copy(
-        update={"lake": lake, "mqtt": brokers, "spool": spool, "upstream": upstream}
+        update={
+            "lake": lake,
+            "mqtt": brokers,
+            "spool": spool,
+            "upstream": upstream,
+            "collect": collect,
+        }
     )
 
 
@@ -257,7 +304,9 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
         names = [p for p in loc if not p.isdigit()]
         secret = not names or names[-1] in _SECRET_HOLDERS
         value = "<hidden>" if secret else repr(err.get("input"))
-        if err["type"] == "extra_forbidden":
+        if not loc:  # a rule about the file as a whole
+            problems.append(err["msg"].removeprefix("Value error, "))
+        elif err["type"] == "extra_forbidden":
             allowed = ", ".join(_allowed_keys(loc[:-1])) or "none"
             problems.append(f"{key}: unknown key; allowed here: {allowed}")
         elif err["type"] == "missing":

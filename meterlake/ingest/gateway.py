@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import polars as pl
 
@@ -23,6 +23,8 @@ from meterlake.config.durable import fsync_file
 from meterlake.config.errors import MeterlakeError, RetryableError
 from meterlake.config.ids import is_safe_meter_id
 from meterlake.config.schemas import QUARANTINE, READINGS, TableSpec, is_known_quantity
+from meterlake.ingest.forward import encode_canonical
+from meterlake.ingest.payloads import DECODERS, FormatOptions, NoReadingsError
 from meterlake.ingest.readings import Reading, readings_frame
 from meterlake.ingest.spool import Envelope, Spool, read_segment
 
@@ -32,8 +34,51 @@ Decoder = Callable[[Envelope], list[Reading]]
 """Turns one spooled message into readings, or raises a MeterlakeError saying why it cannot."""
 Writer = Callable[[TableSpec, pl.DataFrame], object]
 """Writes a frame into a lake table durably (``storage.writer.write_table`` bound to a lake)."""
+STATUS_INTERVAL_S: Final = 1.0
+"""How often the status file is rewritten between flushes [s]."""
+MODBUS_CHANNEL: Final = "modbus"
+"""The spool channel of Modbus polls (canonical JSON, see :func:`spool_sink`)."""
+Sink = Callable[[Sequence[Reading]], None]
+"""Takes the readings of one poll (the Modbus collector's output)."""
 Forward = Callable[[pl.DataFrame], None]
 """Sends readings upstream and returns once they are acknowledged (or raises RetryableError)."""
+
+
+def envelope_decoder(fmt: str, options: FormatOptions) -> Decoder:
+    """The decoder of a subscription: its payload format with its options, for spooled messages."""
+    decode = DECODERS[fmt]
+
+    def decoder(envelope: Envelope) -> list[Reading]:
+        return decode(
+            envelope.payload,
+            topic=envelope.topic,
+            received_at_us=envelope.received_at_us,
+            options=options,
+        )
+
+    return decoder
+
+
+def spool_sink(spool: Spool, channel: str, clock: Callable[[], float] = time.time) -> Sink:
+    """A collector sink that spools each batch of readings durably as canonical JSON.
+
+    Decode it with ``envelope_decoder("canonical", FormatOptions())``.
+    """
+
+    def sink(readings: Sequence[Reading]) -> None:
+        if not readings:
+            return
+        received_us = int(clock() * 1_000_000)
+        frame = readings_frame(readings, received_at_us=received_us)
+        spool.append(
+            [
+                Envelope(channel, channel, payload, received_us)
+                for payload in encode_canonical(frame, batch_readings=10_000)
+            ]
+        )
+        spool.sync()
+
+    return sink
 
 
 class Collector(Protocol):
@@ -52,14 +97,28 @@ class FlushResult:
     envelopes: int = 0
     readings: int = 0
     quarantined: int = 0
+    ignored: int = 0
+    """Messages without metering fields (see :class:`Decoded`)."""
     torn_bytes: int = 0
     forwarded: int = 0
 
 
-def decode_envelopes(
-    envelopes: Sequence[Envelope], decoders: Mapping[str, Decoder]
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Readings (``READINGS`` contract) and quarantine records (``QUARANTINE``) of ``envelopes``."""
+@dataclass(frozen=True)
+class Decoded:
+    """What a batch of spooled messages gave."""
+
+    readings: pl.DataFrame
+    """In the ``READINGS`` contract."""
+    quarantine: pl.DataFrame
+    """In the ``QUARANTINE`` contract: payloads that could not be decoded, with the reason."""
+    ignored: int
+    """Well-formed messages without metering fields (a Shelly event, a Zigbee button press):
+    counted, not kept."""
+
+
+def decode_envelopes(envelopes: Sequence[Envelope], decoders: Mapping[str, Decoder]) -> Decoded:
+    """Decode ``envelopes`` with the decoder of each one's channel."""
+    ignored = 0
     rows: list[Reading] = []
     received: list[int] = []
     bad: list[tuple[Envelope, str]] = []
@@ -71,6 +130,9 @@ def decode_envelopes(
         else:
             try:
                 got = decoder(envelope)
+            except NoReadingsError:
+                ignored += 1
+                continue
             except MeterlakeError as exc:
                 reason = str(exc)
             except Exception as exc:  # a decoder bug must not block the spool
@@ -83,7 +145,7 @@ def decode_envelopes(
             received.extend([envelope.received_at_us] * len(got))
         else:
             bad.append((envelope, reason))
-    return readings_frame(rows, received_at_us=received), quarantine_frame(bad)
+    return Decoded(readings_frame(rows, received_at_us=received), quarantine_frame(bad), ignored)
 
 
 def _contract_problem(readings: list[Reading]) -> str | None:
@@ -126,7 +188,7 @@ def flush_spool(
     next flush and does not hold up the lake.
     """
     spool.seal_if_old()
-    segments = envelopes = readings_count = quarantined = torn = forwarded = 0
+    segments = envelopes = readings_count = quarantined = ignored = torn = forwarded = 0
     for path in spool.sealed_segments():
         contents = read_segment(path)
         if contents.torn_bytes:
@@ -136,9 +198,10 @@ def flush_spool(
                 path.name,
                 contents.torn_bytes,
             )
-        readings, quarantine = decode_envelopes(contents.envelopes, decoders)
+        decoded = decode_envelopes(contents.envelopes, decoders)
+        readings = decoded.readings
         write(READINGS, readings)
-        write(QUARANTINE, quarantine)
+        write(QUARANTINE, decoded.quarantine)
         if forward is None:
             spool.trim(path)
         else:
@@ -146,11 +209,12 @@ def flush_spool(
         segments += 1
         envelopes += len(contents.envelopes)
         readings_count += readings.height
-        quarantined += quarantine.height
+        quarantined += decoded.quarantine.height
+        ignored += decoded.ignored
         torn += contents.torn_bytes
     if forward is not None:
         for path in spool.stored_segments():
-            readings, _ = decode_envelopes(read_segment(path).envelopes, decoders)
+            readings = decode_envelopes(read_segment(path).envelopes, decoders).readings
             try:
                 forward(readings)
             except RetryableError as exc:
@@ -158,7 +222,7 @@ def flush_spool(
                 break
             spool.trim(path)
             forwarded += readings.height
-    return FlushResult(segments, envelopes, readings_count, quarantined, torn, forwarded)
+    return FlushResult(segments, envelopes, readings_count, quarantined, ignored, torn, forwarded)
 
 
 class Gateway:
@@ -173,7 +237,7 @@ class Gateway:
     flush_interval_s
         How often sealed segments go to the lake [s].
     status_path
-        Where a JSON snapshot of every collector's health is written after each flush
+        Where a JSON snapshot of every collector's health is written every second
         (``meterlake status`` reads it); None: not written.
     """
 
@@ -204,14 +268,22 @@ class Gateway:
         for collector in self.collectors:
             collector.start()
         deadline = None if duration_s is None else time.monotonic() + duration_s
+        next_flush = time.monotonic() + self.flush_interval_s
         try:
             while not self._stop.is_set():
-                timeout = self.flush_interval_s
+                now = time.monotonic()
+                wake = min(next_flush, now + STATUS_INTERVAL_S)
                 if deadline is not None:
-                    timeout = min(timeout, max(0.0, deadline - time.monotonic()))
-                if self._stop.wait(timeout) or (deadline and time.monotonic() >= deadline):
+                    wake = min(wake, deadline)
+                if self._stop.wait(max(0.0, wake - now)):
                     break
-                self.flush()
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                if time.monotonic() >= next_flush:
+                    self.flush()
+                    next_flush = time.monotonic() + self.flush_interval_s
+                else:
+                    self._write_status()
         finally:
             for collector in self.collectors:
                 collector.stop()

@@ -376,7 +376,9 @@ def _bump(hour: Floats, at: float, width: float) -> Floats:
     return np.exp(-0.5 * (distance / width) ** 2)
 
 
-def _household_shape(hour: Floats, weekend: Bools) -> Floats:
+def household_shape(hour: Floats, weekend: Bools) -> Floats:
+    """Relative household load at local ``hour`` [h]: night base, morning and evening peaks;
+    weekends sleep in and stay home. Unitless, mean about 1 (see :func:`shape_means`)."""
     weekday = (
         0.45
         + 0.9 * _bump(hour, 7.25, 0.9)
@@ -392,7 +394,9 @@ def _household_shape(hour: Floats, weekend: Bools) -> Floats:
     return np.where(weekend, rest, weekday)
 
 
-def _business_shape(hour: Floats, weekday: Ints) -> Floats:
+def business_shape(hour: Floats, weekday: Ints) -> Floats:
+    """Relative small-business load at local ``hour`` [h] on ISO ``weekday`` (1 = Monday):
+    open 08:30-18:30 with a lunch dip, less on Saturday, little on Sunday. Unitless."""
     opening = 1.0 / (1.0 + np.exp(-(hour - 8.5) / 0.4))
     closing = 1.0 / (1.0 + np.exp(-(18.5 - hour) / 0.4))
     day = opening * closing * (1.0 - 0.2 * _bump(hour, 12.5, 0.6))
@@ -400,13 +404,13 @@ def _business_shape(hour: Floats, weekday: Ints) -> Floats:
     return 0.3 + 1.6 * day * scale
 
 
-def _shape_means() -> tuple[float, float]:
+def shape_means() -> tuple[float, float]:
     """The mean of each weekday shape, so that ``mean_w`` is the weekday mean power."""
     hours = np.linspace(0.0, 24.0, 288, endpoint=False)
     monday = np.ones(hours.size, dtype=np.int64)
     return (
-        float(_household_shape(hours, monday > 5).mean()),
-        float(_business_shape(hours, monday).mean()),
+        float(household_shape(hours, monday > 5).mean()),
+        float(business_shape(hours, monday).mean()),
     )
 
 
@@ -415,11 +419,11 @@ def _load_w(spec: FleetSpec, fleet: _Fleet, cal: _Calendar) -> Floats:
     rng = np.random.default_rng(_streams(spec)[2])
     shape_m, shape_n = fleet.mean_w.size, cal.hour.size
     hour = (cal.hour[None, :] + fleet.phase_h[:, None]) % 24.0
-    household_mean, business_mean = _shape_means()
+    household_mean, business_mean = shape_means()
     shape = np.where(
         fleet.business[:, None],
-        _business_shape(hour, cal.weekday[None, :]) / business_mean,
-        _household_shape(hour, (cal.weekday >= 6)[None, :]) / household_mean,
+        business_shape(hour, cal.weekday[None, :]) / business_mean,
+        household_shape(hour, (cal.weekday >= 6)[None, :]) / household_mean,
     )
     temp = _temperature_c(spec, cal)[None, :]
     weather = (

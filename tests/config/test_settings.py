@@ -196,7 +196,11 @@ def test_every_problem_is_listed(tmp_path: Path) -> None:
     ("text", "key", "allowed"),
     [
         ("[[mqtt]]\nhots = 'x'\n", "[[mqtt]] #1 hots", "host, port, username, password"),
-        ("[lakes]\npath = 'x'\n", "lakes", "lake, site, mqtt, spool, upstream, api"),
+        (
+            "[lakes]\npath = 'x'\n",
+            "lakes",
+            "lake, site, mqtt, modbus, collect, spool, upstream, api",
+        ),
         ("[lake]\nroot = 'x'\n", "[lake] root", "path, compact_min_files, compact_target_rows"),
         (
             f"[[api.tokens]]\ntoken = '{TOKEN}'\nscopes = ['bills:read']\nscope = 'x'\n",
@@ -211,7 +215,8 @@ def test_unknown_key_lists_the_allowed_keys(
     path = write(tmp_path, text)
     message = config_error(path)
     assert str(path) in message
-    assert f"{key}: unknown key; allowed here: {allowed}" in message
+    assert f"{key}: unknown key; allowed here: " in message
+    assert allowed in message
 
 
 def test_relative_lake_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
