@@ -13,6 +13,7 @@ batches at >= 150k readings/s.
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 import threading
@@ -120,8 +121,11 @@ def bare_subscriber_rate(broker: Broker, count: int, per_message: int) -> float:
     return count / elapsed
 
 
-def collector_rate(broker: Broker, tmp: Path, count: int, per_message: int) -> tuple[float, int]:
-    """Messages/s from first message until the last reading is in the lake; and lake rows."""
+def collector_rate(
+    broker: Broker, tmp: Path, count: int, per_message: int
+) -> tuple[float, int, float]:
+    """Messages/s from first message until the last reading is in the lake; lake rows; and the
+    collector process's CPU seconds over that time (collector + flusher + Parquet writes)."""
     lake = init_lake(tmp / "lake")
     spool = Spool(tmp / "spool", segment_age_s=0.5)
     settings = MqttSettings.model_validate(
@@ -147,10 +151,12 @@ def collector_rate(broker: Broker, tmp: Path, count: int, per_message: int) -> t
     with run_publisher(broker, count, per_message) as proc:
         go(proc)
         began: float | None = None
+        cpu_began = 0.0
         while rows < count * per_message:
             health = collector.health()
             if began is None and health.messages:
                 began = time.perf_counter()
+                cpu_began = time.process_time()
             result = flush_spool(spool, decoders, lambda t, f: write_table(lake, t, f))
             rows += result.readings
             if not result.segments:
@@ -158,10 +164,11 @@ def collector_rate(broker: Broker, tmp: Path, count: int, per_message: int) -> t
             assert time.monotonic() < deadline + 300, f"collector stuck at {rows} readings"
         assert began is not None
         elapsed = time.perf_counter() - began
+        cpu = time.process_time() - cpu_began
         proc.wait(60)
     collector.stop()
     lake_rows = scan(lake, READINGS).select(pl.len()).collect().item()
-    return count / elapsed, lake_rows
+    return count / elapsed, lake_rows, cpu
 
 
 @pytest.mark.parametrize("per_message", [1, 100])
@@ -175,12 +182,15 @@ def test_mqtt_ingest_rate(
     broker.start()
     try:
         bare = bare_subscriber_rate(broker, count, per_message)
-        mine, lake_rows = collector_rate(broker, tmp_path, count, per_message)
+        mine, lake_rows, cpu = collector_rate(broker, tmp_path, count, per_message)
     finally:
         broker.stop()
     assert lake_rows == count * per_message  # every reading landed (no duplicates in a clean run)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     table_printer(
-        f"MQTT QoS 1, {count:,} messages of {per_message} reading(s) (scale {scale.name})",
+        f"MQTT QoS 1, {count:,} messages of {per_message} reading(s) (scale {scale.name}); "
+        f"collector CPU {cpu:.2f} s = {cpu * mine / count:.0%} of a core; "
+        f"peak RSS of the process {peak_rss_mb:.0f} MB",
         ("subscriber", "messages/s", "readings/s", "x bare"),
         [
             ("bare paho, counts only", f"{bare:,.0f}", f"{bare * per_message:,.0f}", "1.00"),
