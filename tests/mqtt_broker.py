@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -25,20 +26,46 @@ class Broker:
     restart forgets every session, which is what a collector must survive too.
     """
 
-    def __init__(self, directory: Path, *, persistence: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        persistence: bool = False,
+        tls: bool = False,
+        users: dict[str, str] | None = None,
+    ) -> None:
         self.directory = directory
         self.port = free_port()
         self.persistence = persistence
         self.config = directory / "mosquitto.conf"
+        self.ca_file: Path | None = make_certificates(directory) if tls else None
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            f"allow_anonymous {'false' if users else 'true'}",
             "max_queued_messages 0",
             "max_inflight_messages 20",
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {directory}/",
             f"log_dest file {directory}/mosquitto.log",
         ]
+        if os.geteuid() == 0:  # else mosquitto drops to its own user, who cannot read tmp dirs
+            lines.append("user root")
+        if tls:
+            lines += [
+                f"cafile {directory / 'ca.crt'}",
+                f"certfile {directory / 'server.crt'}",
+                f"keyfile {directory / 'server.key'}",
+            ]
+        if users:
+            passwd = directory / "passwd"
+            for user, password in users.items():
+                flags = ["-b"] if passwd.exists() else ["-c", "-b"]
+                subprocess.run(
+                    ["mosquitto_passwd", *flags, str(passwd), user, password],
+                    check=True,
+                    capture_output=True,
+                )
+            lines.append(f"password_file {passwd}")
         self.config.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -77,3 +104,57 @@ class Broker:
     def log(self) -> str:
         path = self.directory / "mosquitto.log"
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+
+def make_certificates(directory: Path) -> Path:
+    """A throw-away CA and a server certificate for 127.0.0.1 (openssl); returns the CA file."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=meterlake test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    )
+    (directory / "san.ext").write_text("subjectAltName = IP:127.0.0.1\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    )
+    return directory / "ca.crt"

@@ -208,3 +208,75 @@ def scan_quarantine(lake: Path) -> pl.DataFrame:
     from meterlake.config.schemas import QUARANTINE
 
     return scan(lake, QUARANTINE).collect()
+
+
+def test_tls_and_password(tmp_path: Path, spool: Spool, lake: Path) -> None:
+    directory = tmp_path / "secure-broker"
+    directory.mkdir()
+    secure = Broker(directory, tls=True, users={"gateway": "s3cret-password", "meter": "m"})
+    secure.start()
+    try:
+        good = settings_for(
+            secure, username="gateway", password="s3cret-password", tls_ca_file=secure.ca_file
+        )
+        wrong = settings_for(
+            secure,
+            username="gateway",
+            password="wrong",
+            tls_ca_file=secure.ca_file,
+            client_id="intruder",
+        )
+        refused = MqttCollector(wrong, Spool(tmp_path / "other-spool"))
+        refused.start()
+        c = MqttCollector(good, spool)
+        c.start()
+        try:
+            wait_for(lambda: c.health().connected)
+            publisher = paho.Client(CallbackAPIVersion.VERSION2, client_id="meter")
+            publisher.username_pw_set("meter", "m")
+            publisher.tls_set(ca_certs=str(secure.ca_file))
+            publisher.connect("127.0.0.1", secure.port)
+            publisher.loop_start()
+            for n in range(20):
+                publisher.publish("meters/m1", json.dumps({"n": n}), qos=1).wait_for_publish(10)
+            publisher.disconnect()
+            publisher.loop_stop()
+            wait_for(lambda: c.health().acknowledged == 20)
+            assert not refused.health().connected
+            assert refused.health().messages == 0
+        finally:
+            c.stop()
+            refused.stop()
+    finally:
+        secure.stop()
+    drain(spool, lake)
+    assert lake_numbers(lake) == list(range(20))
+
+
+def test_a_shared_subscription_splits_one_stream_between_collectors(
+    broker: Broker, tmp_path: Path, lake: Path
+) -> None:
+    spools = [Spool(tmp_path / f"spool-{i}") for i in range(2)]
+    collectors = [
+        MqttCollector(
+            settings_for(broker, client_id=f"gw-{i}", topics=("$share/gateways/meters/#",)),
+            spools[i],
+        )
+        for i in range(2)
+    ]
+    for c in collectors:
+        c.start()
+    try:
+        for c in collectors:
+            wait_for(lambda c=c: c.health().connected)
+        time.sleep(0.3)  # both subscriptions are in place
+        publish(broker, range(400))
+        wait_for(lambda: sum(c.health().acknowledged for c in collectors) == 400)
+        shares = [c.health().acknowledged for c in collectors]
+    finally:
+        for c in collectors:
+            c.stop()
+    assert all(share > 0 for share in shares)  # each took part of the stream
+    for s in spools:
+        drain(s, lake)
+    assert lake_numbers(lake) == list(range(400))  # together: every message, once
