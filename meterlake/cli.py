@@ -13,6 +13,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
@@ -29,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from meterlake import __version__
-from meterlake.config.errors import LakeBusyError, MeterlakeError, PermanentError
+from meterlake.config.errors import LakeBusyError, MeterlakeError, PermanentError, RetryableError
 from meterlake.config.schemas import INTERVALS, QUARANTINE, READINGS, TABLES
 from meterlake.config.settings import DEFAULT_CONFIG_NAME, Settings, load_settings
 from meterlake.ingest.files import read_import_file, whole_file_quarantine
@@ -42,6 +43,7 @@ from meterlake.ingest.gateway import (
     envelope_decoder,
     spool_sink,
 )
+from meterlake.ingest.gateway_sim import simulate_gateway
 from meterlake.ingest.modbus import ModbusCollector
 from meterlake.ingest.mqtt import MqttCollector, channel_name
 from meterlake.ingest.payloads import FormatOptions
@@ -516,6 +518,46 @@ def collect(
         f"collected {flushed.readings} readings into {root} "
         f"({flushed.quarantined} payloads quarantined, {flushed.forwarded} forwarded upstream)"
     )
+
+
+@app.command("simulate-gateway")
+def simulate_gateway_command(
+    config: ConfigOpt = None,
+    meters: Annotated[
+        int, typer.Option(min=1, max=999, help="Simulated meters per [[mqtt]] subscription.")
+    ] = 5,
+    interval: Annotated[
+        float, typer.Option(min=0.05, help="Seconds between two readings of a meter.")
+    ] = 5.0,
+    seed: Annotated[int, typer.Option(help="The same seed gives the same meters and faults.")] = 0,
+    faults: Annotated[
+        bool, typer.Option(help="Inject faults: a silent device, garbage, rollover, reset, drift.")
+    ] = True,
+    duration: Annotated[
+        float | None, typer.Option(min=0, help="Stop after this many seconds (default: run on).")
+    ] = None,
+) -> None:
+    """Serve simulated meters for a gateway config: Modbus servers for its [[modbus]] buses and
+    MQTT publishers (in each subscription's format) for its [[mqtt]] subscriptions.
+
+    Run `meterlake collect` with the same config beside it.
+    """
+    settings = _settings(config)
+    simulation = simulate_gateway(
+        settings, meters_per_subscription=meters, seed=seed, interval_s=interval, faults=faults
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        simulation.start()
+    except OSError as exc:  # a port in use, a broker that is not there
+        raise RetryableError(f"cannot start the simulation: {exc}") from None
+    out.print(escape(simulation.summary()))
+    try:
+        stop.wait(duration)
+    finally:
+        simulation.stop()
 
 
 @app.command()

@@ -140,7 +140,18 @@ def test_not_a_lake(tmp_path: Path) -> None:
 
 
 def test_every_command_has_help() -> None:
-    for command in ("init", "import", "compact", "catalog", "sql", "info", "simulate"):
+    for command in (
+        "init",
+        "import",
+        "compact",
+        "catalog",
+        "sql",
+        "info",
+        "simulate",
+        "collect",
+        "status",
+        "simulate-gateway",
+    ):
         done = run(command, "--help")
         assert done.returncode == 0, (command, done.stderr)
         assert "Usage" in done.stdout
