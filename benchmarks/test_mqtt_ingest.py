@@ -28,10 +28,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from meterlake.config.schemas import READINGS
 from meterlake.config.settings import MqttSettings
-from meterlake.ingest.gateway import flush_spool
+from meterlake.ingest.gateway import envelope_decoder, flush_spool
 from meterlake.ingest.mqtt import MqttCollector, channel_name
-from meterlake.ingest.payloads import FormatOptions, decode_canonical
-from meterlake.ingest.spool import Envelope, Spool
+from meterlake.ingest.payloads import FormatOptions
+from meterlake.ingest.spool import Spool
 from meterlake.storage.layout import init_lake
 from meterlake.storage.scan import scan
 from meterlake.storage.writer import write_table
@@ -131,17 +131,7 @@ def collector_rate(
     settings = MqttSettings.model_validate(
         {"name": "bench", "port": broker.port, "client_id": "bench-collector", "topics": [TOPIC]}
     )
-    options = FormatOptions()
-
-    def decode(envelope: Envelope) -> list[Any]:
-        return decode_canonical(
-            envelope.payload,
-            topic=envelope.topic,
-            received_at_us=envelope.received_at_us,
-            options=options,
-        )
-
-    decoders = {channel_name(settings): decode}
+    decoders = {channel_name(settings): envelope_decoder("canonical", FormatOptions())}
     collector = MqttCollector(settings, spool)
     collector.start()
     deadline = time.monotonic() + 10

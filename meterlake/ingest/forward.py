@@ -26,7 +26,7 @@ class UpstreamUnavailableError(RetryableError):
     """The central broker is not connected or did not acknowledge in time."""
 
 
-def encode_canonical(readings: pl.DataFrame, batch_readings: int) -> Iterator[bytes]:
+def canonical_batches(readings: pl.DataFrame, batch_readings: int) -> Iterator[bytes]:
     """Canonical JSON batches of a ``READINGS`` frame, about ``batch_readings`` readings each.
 
     One object per (meter, ts, quality flags) with its quantities; the flags travel in the
@@ -90,7 +90,7 @@ class UpstreamForwarder:
         deadline = time.monotonic() + self.settings.timeout_s
         infos: list[paho.MQTTMessageInfo] = [
             self.client.publish(self.settings.topic, payload, qos=1)
-            for payload in encode_canonical(readings, self.settings.batch_readings)
+            for payload in canonical_batches(readings, self.settings.batch_readings)
         ]
         for info in infos:
             remaining = deadline - time.monotonic()

@@ -23,7 +23,7 @@ from meterlake.config.durable import fsync_file
 from meterlake.config.errors import MeterlakeError, RetryableError
 from meterlake.config.ids import is_safe_meter_id
 from meterlake.config.schemas import QUARANTINE, READINGS, TableSpec, is_known_quantity
-from meterlake.ingest.forward import encode_canonical
+from meterlake.ingest.forward import canonical_batches
 from meterlake.ingest.payloads import DECODERS, FormatOptions, NoReadingsError
 from meterlake.ingest.readings import Reading, readings_frame
 from meterlake.ingest.spool import Envelope, Spool, read_segment
@@ -73,7 +73,7 @@ def spool_sink(spool: Spool, channel: str, clock: Callable[[], float] = time.tim
         spool.append(
             [
                 Envelope(channel, channel, payload, received_us)
-                for payload in encode_canonical(frame, batch_readings=10_000)
+                for payload in canonical_batches(frame, batch_readings=10_000)
             ]
         )
         spool.sync()
