@@ -10,6 +10,10 @@ import time
 from pathlib import Path
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+MISSING = (
+    "the collector tests run a real Mosquitto broker, and no `mosquitto` binary was found: "
+    "install it (Debian/Ubuntu: apt install mosquitto; macOS: brew install mosquitto)"
+)
 
 
 def free_port() -> int:
@@ -70,6 +74,8 @@ class Broker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        if not Path(MOSQUITTO).is_file():
+            raise RuntimeError(MISSING)
         self.process = subprocess.Popen(
             [MOSQUITTO, "-c", str(self.config)],
             stdout=subprocess.DEVNULL,
