@@ -30,6 +30,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from meterlake import __version__
+from meterlake.analytics.quality import quality_figures
+from meterlake.analytics.versions import latest_versions
 from meterlake.config.errors import LakeBusyError, MeterlakeError, PermanentError, RetryableError
 from meterlake.config.schemas import INTERVALS, QUARANTINE, READINGS, TABLES
 from meterlake.config.settings import DEFAULT_CONFIG_NAME, Settings, load_settings
@@ -338,6 +340,13 @@ def sql(
         raise PermanentError(f"query failed: {exc}") from None
     finally:
         con.close()
+    _output(frame, output_format, out_file, max_rows)
+
+
+def _output(
+    frame: pl.DataFrame, output_format: OutputFormat, out_file: Path | None, max_rows: int
+) -> None:
+    """Print or write a result frame in the format asked for (shared by sql and quality)."""
     if output_format is OutputFormat.parquet and out_file is None:
         raise PermanentError("--format parquet needs --out FILE")
     if output_format is OutputFormat.table:
@@ -345,7 +354,8 @@ def sql(
         if out_file is None:
             out.print(text)
         else:
-            Console(file=out_file.open("w", encoding="utf-8"), width=200).print(text)
+            with out_file.open("w", encoding="utf-8") as fh:
+                Console(file=fh, width=200).print(text)
     elif output_format is OutputFormat.csv:
         _emit(frame.write_csv(), out_file)
     elif output_format is OutputFormat.json:
@@ -371,6 +381,21 @@ def _render_table(frame: pl.DataFrame, max_rows: int) -> Table:
     for row in shown.iter_rows():
         table.add_row(*("" if v is None else escape(str(v)) for v in row))
     return table
+
+
+@app.command()
+def quality(
+    lake: LakeOpt = None,
+    config: ConfigOpt = None,
+    output_format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write here.")] = None,
+    max_rows: Annotated[int, typer.Option(help="Rows shown in table format.")] = 50,
+) -> None:
+    """Per-meter data quality of the current intervals: completeness, estimated share,
+    longest gap, suspect intervals."""
+    root = _lake(lake, config)
+    figures = quality_figures(latest_versions(scan(root, INTERVALS))).collect()
+    _output(figures.with_columns(pl.selectors.float().round(2)), output_format, out_file, max_rows)
 
 
 @app.command()

@@ -151,7 +151,26 @@ def test_every_command_has_help() -> None:
         "collect",
         "status",
         "simulate-gateway",
+        "quality",
     ):
         done = run(command, "--help")
         assert done.returncode == 0, (command, done.stderr)
         assert "Usage" in done.stdout
+
+
+def test_quality_of_imported_intervals(tmp_path: Path) -> None:
+    root = tmp_path / "q"
+    assert run("init", root).returncode == 0
+    profile = tmp_path / "profile.csv"
+    rows = ["meter_id,interval_start,energy_import_kwh"]
+    rows += [f"m1,2026-10-01T00:{m:02d}:00Z,0.25" for m in (0, 15, 45)]  # 00:30 is missing
+    rows += [f"m2,2026-10-01T00:{m:02d}:00Z,0.5" for m in (0, 15, 30, 45)]
+    profile.write_text("\n".join(rows) + "\n")
+    assert run("import", "--lake", root, profile).returncode == 0
+    done = run("quality", "--lake", root, "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "meter_id,intervals_expected,completeness_pct,estimated_pct,longest_gap_h,suspect",
+        "m1,4,75.0,0.0,0.25,0",
+        "m2,4,100.0,0.0,0.0,0",
+    ]
