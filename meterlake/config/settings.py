@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from meterlake.config.collect import ModbusBusSettings, check_modbus_buses
 from meterlake.config.errors import ConfigError
 from meterlake.config.payload_formats import PayloadFormatSettings
+from meterlake.config.vee import VeeSettings
 
 DEFAULT_CONFIG_NAME: Final = "meterlake.toml"
 CONFIG_ENV: Final = "METERLAKE_CONFIG"
@@ -165,6 +166,8 @@ class Settings(_Section):
     spool: SpoolSettings = SpoolSettings()
     upstream: UpstreamSettings | None = None
     api: ApiSettings = ApiSettings()
+    vee: VeeSettings = VeeSettings()
+    """Validation rules of interval data (``[vee]``, per meter group ``[vee.groups.<name>]``)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -199,7 +199,7 @@ def test_every_problem_is_listed(tmp_path: Path) -> None:
         (
             "[lakes]\npath = 'x'\n",
             "lakes",
-            "lake, site, mqtt, modbus, collect, spool, upstream, api",
+            "lake, site, mqtt, modbus, collect, spool, upstream, api, vee",
         ),
         ("[lake]\nroot = 'x'\n", "[lake] root", "path, compact_min_files, compact_target_rows"),
         (
