@@ -73,4 +73,5 @@ def new_versions(computed: pl.LazyFrame, stored: pl.LazyFrame, run_id: str) -> p
         )
         .select(INTERVALS.schema.names())
         .cast(INTERVALS.schema)
+        .sort(list(KEY))  # a join does not keep row order: make the output deterministic
     )
