@@ -18,7 +18,9 @@ demo: $(STAMP)
 	$(BIN)/meterlake init $(DEMO_LAKE)
 	$(BIN)/meterlake simulate --lake $(DEMO_LAKE) --meters 300 --days 21 --seed 7
 	$(BIN)/meterlake compact --lake $(DEMO_LAKE)
+	$(BIN)/meterlake vee --lake $(DEMO_LAKE)
 	$(BIN)/meterlake info --lake $(DEMO_LAKE)
+	$(BIN)/meterlake quality --lake $(DEMO_LAKE) --max-rows 10
 	$(BIN)/meterlake sql --lake $(DEMO_LAKE) --file examples/demo_query.sql
 
 test: lint typecheck unit bench-smoke

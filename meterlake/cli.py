@@ -11,10 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import secrets
 import signal
 import sys
 import threading
 import time
+import zoneinfo
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -31,8 +33,10 @@ from rich.table import Table
 
 from meterlake import __version__
 from meterlake.analytics.quality import quality_figures
+from meterlake.analytics.vee import VeeRun, default_meters, vee_versions
 from meterlake.analytics.versions import latest_versions
 from meterlake.config.errors import LakeBusyError, MeterlakeError, PermanentError, RetryableError
+from meterlake.config.ids import validate_meter_id
 from meterlake.config.schemas import INTERVALS, QUARANTINE, READINGS, TABLES
 from meterlake.config.settings import DEFAULT_CONFIG_NAME, Settings, load_settings
 from meterlake.ingest.files import read_import_file, whole_file_quarantine
@@ -381,6 +385,75 @@ def _render_table(frame: pl.DataFrame, max_rows: int) -> Table:
     for row in shown.iter_rows():
         table.add_row(*("" if v is None else escape(str(v)) for v in row))
     return table
+
+
+@app.command()
+def vee(
+    lake: LakeOpt = None,
+    config: ConfigOpt = None,
+    date_from: Annotated[
+        str | None,
+        typer.Option("--from", help="First local day (YYYY-MM-DD); default: the first read."),
+    ] = None,
+    date_to: Annotated[
+        str | None, typer.Option("--to", help="Last local day, included; default: last read.")
+    ] = None,
+    meters: Annotated[str | None, typer.Option(help="Only these meters, comma-separated.")] = None,
+) -> None:
+    """Turn register reads into validated, estimated interval versions (idempotent: a second
+    run without new data writes nothing)."""
+    root = _lake(lake, config)
+    settings = _settings(config)
+    zone = zoneinfo.ZoneInfo(settings.site.timezone)
+    readings = scan(root, READINGS)
+    if meters:
+        wanted = [validate_meter_id(m.strip()) for m in meters.split(",") if m.strip()]
+        readings = readings.filter(pl.col("meter_id").is_in(wanted))
+    bounds = readings.select(pl.col("ts").min().alias("a"), pl.col("ts").max().alias("b")).collect()
+    first_ts, last_ts = bounds.row(0)
+    if first_ts is None:
+        out.print("no readings: nothing to do")
+        return
+    first_day = _day(date_from, "--from") or first_ts.astimezone(zone).date()
+    last_day = _day(date_to, "--to") or last_ts.astimezone(zone).date()
+    start = dt.datetime.combine(first_day, dt.time(), tzinfo=zone).astimezone(dt.UTC)
+    end = dt.datetime.combine(last_day + dt.timedelta(days=1), dt.time(), tzinfo=zone).astimezone(
+        dt.UTC
+    )
+    margin = dt.timedelta(days=1)  # the reads around the range give its edges their baseline
+    window = readings.filter(pl.col("ts").is_between(start - margin, end + margin, closed="left"))
+    run = VeeRun(
+        run_id=f"vee-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}",
+        start=start,
+        end=end,
+        validation=settings.vee,
+    )
+    stored = scan(root, INTERVALS, start, end)
+    with _progress() as progress:
+        progress.add_task("validating and estimating", total=None)
+        appended = vee_versions(
+            window, stored, default_meters(window, settings.site.timezone), run
+        ).collect()
+    write_table(root, INTERVALS, appended)
+    _refresh(root)
+    if appended.height == 0:
+        out.print(f"VEE {first_day}..{last_day}: nothing changed, nothing written")
+        return
+    counts = appended["status"].value_counts(sort=True)
+    summary = ", ".join(f"{n} {s}" for s, n in counts.iter_rows())
+    out.print(
+        f"VEE {first_day}..{last_day} ({run.run_id}): wrote {appended.height} interval "
+        f"versions of {appended['meter_id'].n_unique()} meters ({summary})"
+    )
+
+
+def _day(text: str | None, option: str) -> dt.date | None:
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise PermanentError(f"{option} {text!r} is not a date YYYY-MM-DD") from None
 
 
 @app.command()

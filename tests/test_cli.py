@@ -116,6 +116,11 @@ def test_simulate_compact_info(tmp_path: Path) -> None:
     assert compacted.returncode == 0, compacted.stderr
     files_after = len(list((root / "readings").glob("*/*.parquet")))
     assert files_after < files_before
+    first = run("vee", "--lake", root)
+    assert first.returncode == 0, first.stderr
+    assert "interval versions of 5 meters" in first.stdout
+    again = run("vee", "--lake", root)
+    assert "nothing changed, nothing written" in again.stdout  # idempotent
     info = run("info", "--lake", root)
     assert info.returncode == 0, info.stderr
     line = next(row for row in info.stdout.splitlines() if "readings" in row)
@@ -152,6 +157,7 @@ def test_every_command_has_help() -> None:
         "status",
         "simulate-gateway",
         "quality",
+        "vee",
     ):
         done = run(command, "--help")
         assert done.returncode == 0, (command, done.stderr)

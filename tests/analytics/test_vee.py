@@ -1,0 +1,102 @@
+"""A whole VEE run on a simulated fleet: intervals, idempotence, late reads, no extrapolation."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from meterlake.analytics.vee import VeeRun, current_readings, default_meters, vee_versions
+from meterlake.analytics.versions import latest_versions
+from meterlake.config.schemas import INTERVALS, READINGS
+from meterlake.ingest.simulator import FleetSpec, simulate_faults, simulate_readings
+from meterlake.storage.layout import init_lake
+from meterlake.storage.scan import scan
+from meterlake.storage.writer import write_table
+
+UTC = dt.UTC
+SPEC = FleetSpec(meters=12, start=dt.datetime(2026, 10, 5, 16, tzinfo=UTC), days=3, seed=11)
+START = dt.datetime(2026, 10, 5, 16, tzinfo=UTC)  # local midnight in Asia/Shanghai
+END = START + dt.timedelta(days=3)
+
+
+@pytest.fixture(scope="module")
+def fleet() -> pl.DataFrame:
+    return simulate_readings(SPEC)
+
+
+def run_once(lake: Path, run_id: str) -> pl.DataFrame:
+    readings = scan(lake, READINGS)
+    run = VeeRun(run_id=run_id, start=START, end=END)
+    appended = vee_versions(
+        readings, scan(lake, INTERVALS), default_meters(readings, "Asia/Shanghai"), run
+    ).collect()
+    write_table(lake, INTERVALS, appended)
+    return appended
+
+
+def test_a_run_gives_every_meter_intervals_that_sum_to_its_register(
+    tmp_path: Path, fleet: pl.DataFrame
+) -> None:
+    lake = init_lake(tmp_path / "lake")
+    write_table(lake, READINGS, fleet)
+    first = run_once(lake, "run-1")
+    assert set(first["meter_id"]) == set(fleet["meter_id"])
+    assert first["interval_start"].min() >= START and first["interval_start"].max() < END
+
+    faulty = set(simulate_faults(SPEC)["meter_id"])
+    clean = sorted(set(fleet["meter_id"]) - faulty)
+    assert clean, "the fleet should have meters without injected faults"
+    register = (
+        current_readings(fleet.lazy())
+        .filter(pl.col("quantity") == "energy_import_kwh", pl.col("meter_id").is_in(clean))
+        .group_by("meter_id")
+        .agg((pl.col("value").max() - pl.col("value").min()).alias("register_kwh"))
+        .collect()
+    )
+    energy = first.group_by("meter_id").agg(pl.col("energy_import_kwh").sum())
+    both = register.join(energy, on="meter_id")
+    assert both.height == len(clean)
+    for _meter, reg, total in both.iter_rows():
+        assert total == pytest.approx(reg, rel=1e-9)
+
+
+def test_a_second_run_writes_nothing(tmp_path: Path, fleet: pl.DataFrame) -> None:
+    lake = init_lake(tmp_path / "lake")
+    write_table(lake, READINGS, fleet)
+    assert run_once(lake, "run-1").height > 0
+    assert run_once(lake, "run-2").height == 0
+
+
+def test_a_late_corrected_read_changes_only_the_intervals_it_touches(
+    tmp_path: Path, fleet: pl.DataFrame
+) -> None:
+    lake = init_lake(tmp_path / "lake")
+    write_table(lake, READINGS, fleet)
+    run_once(lake, "run-1")
+    meter = sorted(set(fleet["meter_id"]) - set(simulate_faults(SPEC)["meter_id"]))[0]
+    at = START + dt.timedelta(days=1, hours=10)
+    old = fleet.filter(
+        pl.col("meter_id") == meter, pl.col("quantity") == "energy_import_kwh", pl.col("ts") == at
+    )
+    assert old.height == 1
+    late = old.with_columns(
+        pl.col("value") + 0.2,  # the meter's own corrected read, received a day later
+        (pl.col("received_at") + dt.timedelta(days=1)).alias("received_at"),
+    )
+    write_table(lake, READINGS, late)
+    second = run_once(lake, "run-2")
+    assert set(second["meter_id"]) == {meter}
+    assert second["interval_start"].sort().to_list() == [at - dt.timedelta(minutes=15), at]
+    assert set(second["version"]) == {2}
+    current = latest_versions(scan(lake, INTERVALS)).filter(pl.col("meter_id") == meter)
+    total_before = old["value"][0]
+    assert current.select(pl.col("energy_import_kwh").sum()).collect().item() == pytest.approx(
+        fleet.filter(pl.col("meter_id") == meter, pl.col("quantity") == "energy_import_kwh")
+        .select(pl.col("value").max() - pl.col("value").min())
+        .item(),
+        rel=1e-9,
+    )
+    assert total_before > 0
