@@ -641,7 +641,8 @@ def _near_unusual_steps(usable: pl.LazyFrame, rules: RegisterRules, step: int) -
     """The reads around every unusual step, with ``odd`` marking the reads that end one.
 
     A step (from one usable read to the next of its register) is unusual when it is not a
-    plausible rise, skips left-out rows, uses a read with quality flags, or spans a gap. The
+    plausible rise (a fall, even a tiny one, or more than the physical maximum), skips
+    left-out rows, uses a read with quality flags, or spans a gap. The
     neighbourhood (three reads before, ``reset_confirm_reads`` + 1 after) is what the glitch
     and reset rules look at.
     """
@@ -649,7 +650,7 @@ def _near_unusual_steps(usable: pl.LazyFrame, rules: RegisterRules, step: int) -
     v, t = pl.col("value"), pl.col("t")
     span = t - t.shift(1)
     delta = v - v.shift(1)
-    rises = (delta >= -tol) & (delta <= _cap(span, tol))
+    rises = (delta >= 0) & (delta <= _cap(span, tol))
     unusual = (
         ~rises
         | (pl.col("skips") != pl.col("skips").shift(1))
@@ -770,7 +771,8 @@ def _fixes(near: pl.LazyFrame, rules: RegisterRules, step: int) -> pl.LazyFrame:
             "m",
             "is_import",
             "g",
-            d_energy=pl.col("d_segment") * overlap / (tb - ta),
+            # the same arithmetic as the plain spread, so that a correction cancels exactly
+            d_energy=pl.col("d_segment") * (overlap / (tb - ta)),
             uncovered=pl.when(pl.col("is_reset")).then(overlap).otherwise(0),
             mask="mask",
         )
@@ -795,28 +797,26 @@ def _plain(kept: pl.LazyFrame, step: int) -> pl.LazyFrame:
     """The raw register of each register spread linearly over the grid (see
     :func:`_interval_parts`).
 
-    The register is interpolated where the grid passes between two reads (exact at a read) and
-    an interval's energy is the difference at its two ends: no sums, so the intervals between
-    two reads add up to their difference. Each read keeps at most two such points, the first
-    and the last grid line since the read before; a register's first and last read are points
-    themselves. The intervals strictly between a read's two points (a gap) and the one after
-    the last read (when it is off the grid) take a share of the difference in proportion to
-    time.
+    Each read keeps the first and the last grid line since the read before (``p_in`` and
+    ``p_out``; the read itself where there is none, and at a register's first read). The
+    interval between two such lines takes the part of the earlier read's step after its
+    line (``tail``), the reads' difference in between, and the part of the later read's step
+    before its line (``head``): each step is shared out in proportion to time, nothing is
+    summed twice, and a register that only counts up never gives a negative interval. The
+    intervals strictly between a read's two lines (a gap) take an equal share of its step,
+    and so does the part after a register's last read when that read is off the grid.
     """
     v, t = pl.col("value"), pl.col("t")
     first, last = ~_same(-1), ~_same(1)
     gi = t // step  # the interval a read lies in
-    delta = pl.when(~first).then(v - v.shift(1))
-    span = t - t.shift(1)
-    crossed = gi - gi.shift(1)  # grid lines in (read before, read]
-    at_read = first | (pl.col("crossed") == 0)
-    g_in = gi.shift(1) + 1
-
-    def register_at(point: pl.Expr) -> pl.Expr:
-        return pl.when(first).then(v).otherwise(v - delta * (t - point) / span)
-
+    at_read = pl.col("first") | (pl.col("crossed") == 0)
     p_in = pl.when(at_read).then(t).otherwise(pl.col("g_in") * step)
     p_out = pl.when(at_read).then(t).otherwise(pl.col("gi") * step)
+
+    def share(start: pl.Expr, end: pl.Expr) -> pl.Expr:
+        """The part of the step before this read that lies between ``start`` and ``end``."""
+        return pl.col("delta") * ((end - start) / pl.col("span"))
+
     points = (
         kept.select(
             "ch",
@@ -824,26 +824,31 @@ def _plain(kept: pl.LazyFrame, step: int) -> pl.LazyFrame:
             "is_import",
             "t",
             "value",
-            delta=delta,
-            span=span,
+            before=v.shift(1),
+            delta=pl.when(~first).then(v - v.shift(1)),
+            span=t - t.shift(1),
             gi=gi,
-            g_in=g_in,
-            crossed=crossed,
+            g_in=gi.shift(1) + 1,
+            crossed=gi - gi.shift(1),
             first=first,
             last=last,
         )
         .with_columns(p_in=p_in, p_out=p_out)
-        .with_columns(v_in=register_at(pl.col("p_in")), v_out=register_at(pl.col("p_out")))
+        .with_columns(
+            head=share(t - pl.col("span"), pl.col("p_in")),
+            tail=share(pl.col("p_out"), t).fill_null(0.0),
+        )
         .filter(pl.col("first") | pl.col("last") | (pl.col("crossed") >= 1))
+        .cache()
     )
-    # The interval from the previous point to this read's first point.
+    # The interval from the previous point's last line to this read's first line.
     main = (
         points.select(
             "ch",
             "m",
             "is_import",
             g=pl.col("gi").shift(1),
-            energy=pl.col("v_in") - pl.col("v_out").shift(1),
+            energy=pl.col("tail").shift(1) + (pl.col("before") - v.shift(1)) + pl.col("head"),
             covered=pl.col("p_in") - pl.col("p_out").shift(1),
             linked=_same(-1),
         )
@@ -859,18 +864,11 @@ def _plain(kept: pl.LazyFrame, step: int) -> pl.LazyFrame:
             "m",
             "is_import",
             "g",
-            energy=pl.col("delta") * step / pl.col("span"),
+            energy=pl.col("delta") * (step / pl.col("span")),
             covered=pl.lit(step, pl.Int64),
         )
     )
-    after_last = points.filter(
-        pl.col("last") & ~pl.col("first") & (pl.col("t") > pl.col("p_out"))
-    ).select(
-        "ch",
-        "m",
-        "is_import",
-        g="gi",
-        energy=pl.col("value") - pl.col("v_out"),
-        covered=pl.col("t") - pl.col("p_out"),
+    after_last = points.filter(pl.col("last") & ~pl.col("first") & (t > pl.col("p_out"))).select(
+        "ch", "m", "is_import", g="gi", energy="tail", covered=t - pl.col("p_out")
     )
     return pl.concat([main, inside, after_last], how="vertical")
