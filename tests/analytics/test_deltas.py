@@ -12,7 +12,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import polars as pl
 import pytest
@@ -49,7 +49,7 @@ UTC = dt.UTC
 T0 = dt.datetime(2026, 3, 2, tzinfo=UTC)
 MIN = dt.timedelta(minutes=1)
 Q = dt.timedelta(minutes=15)
-ENGINE = "in-memory"
+ENGINE: Final = "in-memory"
 
 
 def at(minutes: float) -> dt.datetime:
@@ -693,7 +693,12 @@ def pipeline(
 def assert_same(
     got: dict[tuple[str, str, int], tuple[float | None, float, set[str]]],
     want: dict[tuple[str, str, int], tuple[float | None, float, set[str]]],
+    frame: pl.DataFrame,
 ) -> None:
+    """Same intervals, flags and coverage; energy equal up to rounding, which grows with the
+    largest reading (a garbage read of 1e9 kWh that no rule removes costs 1e-7 kWh)."""
+    largest = frame["value"].abs().fill_nan(0.0).max()
+    tolerance = 1e-9 + 8 * 2.0**-52 * float(largest or 0.0)  # type: ignore[arg-type]
     assert got.keys() == want.keys()
     for key, (e, c, f) in want.items():
         ge, gc, gf = got[key]
@@ -702,7 +707,7 @@ def assert_same(
         if e is None:
             assert ge is None, key
         else:
-            assert ge == pytest.approx(e, rel=1e-9, abs=1e-7), key
+            assert ge == pytest.approx(e, rel=1e-9, abs=tolerance), key
 
 
 def test_reference_agrees_on_the_hand_built_cases() -> None:
@@ -716,12 +721,12 @@ def test_reference_agrees_on_the_hand_built_cases() -> None:
             reads([10.0, 10.5, 11.0, 15.0, 15.25], [0, 15, 30, 150, 165], meter="f"),
         ]
     )
-    assert_same(pipeline(frame), reference(frame))
+    assert_same(pipeline(frame), reference(frame), frame)
 
 
 # --- properties ----------------------------------------------------------------------------------
 
-PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
@@ -802,7 +807,7 @@ def faulty_register(draw: st.DrawFn) -> pl.DataFrame:
 @PROPERTY
 @given(faulty_register())
 def test_the_pipeline_follows_the_reference(frame: pl.DataFrame) -> None:
-    assert_same(pipeline(frame), reference(frame))
+    assert_same(pipeline(frame), reference(frame), frame)
 
 
 @PROPERTY
@@ -810,7 +815,21 @@ def test_the_pipeline_follows_the_reference(frame: pl.DataFrame) -> None:
 def test_the_pipeline_follows_the_reference_on_other_grids(
     frame: pl.DataFrame, minutes: int
 ) -> None:
-    assert_same(pipeline(frame, minutes), reference(frame, minutes))
+    assert_same(pipeline(frame, minutes), reference(frame, minutes), frame)
+
+
+@PROPERTY
+@given(faulty_register(), st.lists(st.integers(0, 600), max_size=3))
+def test_the_pipeline_follows_the_reference_with_events(
+    frame: pl.DataFrame, minutes: list[int]
+) -> None:
+    events = [("a", at(m)) for m in minutes]
+    frame_events = pl.LazyFrame(
+        {"meter_id": [e[0] for e in events], "ts": [e[1] for e in events]},
+        schema={"meter_id": pl.String, "ts": pl.Datetime("us", "UTC")},
+    ).with_columns(kind=pl.lit("replacement"))
+    got = pipeline(frame, events=frame_events)
+    assert_same(got, reference(frame, events=events), frame)
 
 
 @PROPERTY
