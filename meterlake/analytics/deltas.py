@@ -111,13 +111,12 @@ as the streaming one. A meter's result does not depend on the other meters in th
 can run per meter shard.
 
 The grid is aligned to UTC midnight, so its intervals are also whole local intervals in every
-time zone whose offset from UTC is a multiple of the interval length; :func:`local_day` gives
-the local date of an interval.
+time zone whose offset from UTC is a multiple of the interval length;
+:func:`meterlake.analytics.localtime.local_date` gives the local date of an interval.
 """
 
 from __future__ import annotations
 
-import zoneinfo
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -276,32 +275,6 @@ def check_interval_minutes(interval_minutes: int) -> int:
             f"interval_minutes={interval_minutes!r}: use a divisor of 1440 such as 5, 15, 30 or 60"
         )
     return interval_minutes
-
-
-def local_day(expr: pl.Expr, tz: str) -> pl.Expr:
-    """The local date, in IANA time zone ``tz``, of the UTC instants in ``expr``.
-
-    Use it on ``interval_start`` to put an interval on its local day: a day has 96
-    quarter-hours in Asia/Shanghai, and 92 or 100 on the days Europe/Berlin or America/New_York
-    switch to or from summer time.
-
-    >>> import datetime as dt
-    >>> frame = pl.DataFrame({"t": [dt.datetime(2026, 3, 1, 15, 59, tzinfo=dt.UTC)]})
-    >>> frame.select(local_day(pl.col("t"), "Asia/Shanghai")).item()
-    datetime.date(2026, 3, 1)
-    >>> frame.select(local_day(pl.col("t"), "Asia/Tokyo")).item()
-    datetime.date(2026, 3, 2)
-
-    Raises
-    ------
-    ConfigError
-        ``tz`` is not an IANA time zone.
-    """
-    try:
-        zoneinfo.ZoneInfo(tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigError(f"tz={tz!r}: use an IANA time zone such as Asia/Shanghai") from exc
-    return expr.dt.convert_time_zone(tz).dt.date()
 
 
 def register_intervals(

@@ -66,7 +66,6 @@ Estimation rules (class/profile shapes where the meter has no history).
 from __future__ import annotations
 
 import datetime as dt
-import zoneinfo
 from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
@@ -74,6 +73,7 @@ from typing import Final
 
 import polars as pl
 
+from meterlake.analytics.localtime import check_timezone, local_time
 from meterlake.config.errors import ConfigError
 from meterlake.config.schemas import IntervalStatus
 
@@ -172,45 +172,7 @@ class EstimationRules:
             )
         if not all(1 <= d <= 7 for d in self.weekend_days):
             raise ConfigError(f"weekend_days={self.weekend_days!r}: use ISO weekdays 1..7")
-        _check_timezone(self.default_timezone)
-
-
-def _check_timezone(tz: str) -> str:
-    try:
-        zoneinfo.ZoneInfo(tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigError(f"timezone={tz!r}: use an IANA time zone such as Asia/Shanghai") from exc
-    return tz
-
-
-def local_time(utc: pl.Expr, timezone: pl.Expr, timezones: Collection[str]) -> pl.Expr:
-    """Naive local wall-clock time of UTC instants, each in its own row's IANA time zone.
-
-    Parameters
-    ----------
-    utc
-        UTC timestamps.
-    timezone
-        The IANA time zone of each row (one of ``timezones``).
-    timezones
-        Every time zone ``timezone`` may hold (a row with another one gets null).
-
-    >>> t = dt.datetime(2026, 3, 29, 1, 0, tzinfo=dt.UTC)
-    >>> frame = pl.DataFrame({"t": [t, t], "tz": ["Asia/Shanghai", "Europe/Berlin"]})
-    >>> frame.select(local_time(pl.col("t"), pl.col("tz"), {"Asia/Shanghai", "Europe/Berlin"}))[
-    ...     "t"].dt.hour().to_list()
-    [9, 3]
-
-    Raises
-    ------
-    ConfigError
-        One of ``timezones`` is not an IANA time zone.
-    """
-    out = pl.lit(None, dtype=pl.Datetime("us"))
-    for tz in sorted(timezones, reverse=True):
-        local = utc.dt.convert_time_zone(_check_timezone(tz)).dt.replace_time_zone(None)
-        out = pl.when(timezone == tz).then(local).otherwise(out)
-    return out
+        check_timezone(self.default_timezone)
 
 
 def day_type(

@@ -53,13 +53,13 @@ The same eight columns, one row per (meter, interval), sorted by ``meter_id`` an
 from __future__ import annotations
 
 import datetime as dt
-import zoneinfo
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any, Final
 
 import polars as pl
 
+from meterlake.analytics.localtime import check_timezone, local_date, local_midnight
 from meterlake.config.errors import ConfigError
 from meterlake.config.schemas import INTERVALS, IntervalStatus
 from meterlake.config.vee import VeeRules, VeeSettings
@@ -344,51 +344,22 @@ def _meter_params(meters: pl.LazyFrame, config: VeeSettings) -> pl.LazyFrame:
 
 
 def _zones(meters: pl.LazyFrame) -> list[str]:
-    """The meters' distinct time zones (plus UTC), checked.
-
-    Polars takes a time zone only as a literal, so the handful of distinct zone names is read
-    eagerly to build one branch per zone; the intervals themselves stay lazy.
-    """
+    """The meters' distinct time zones (plus UTC), checked: Polars takes a time zone only as a
+    literal, so the handful of zone names is read eagerly; the intervals stay lazy."""
     names = meters.select(pl.col("timezone").drop_nulls().unique()).collect().to_series()
-    zones = sorted({"UTC", *names.to_list()})
-    for zone in zones:
-        try:
-            zoneinfo.ZoneInfo(zone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise ConfigError(
-                f"meters: timezone={zone!r} is not an IANA time zone (e.g. Asia/Shanghai)"
-            ) from exc
-    return zones
-
-
-def _per_zone(zones: Sequence[str], branch: Callable[[str], pl.Expr]) -> pl.Expr:
-    """``branch(zone)`` for the rows whose ``_tz`` is ``zone``: one when/then per zone."""
-    result: pl.Expr = pl.lit(None)
-    for zone in reversed(zones):
-        result = pl.when(pl.col("_tz") == zone).then(branch(zone)).otherwise(result)
-    return result
+    try:
+        return sorted({"UTC", *(check_timezone(z) for z in names.to_list())})
+    except ConfigError as exc:
+        raise ConfigError(f"meters: {exc}") from exc
 
 
 def _with_days(frame: pl.LazyFrame, zones: Sequence[str]) -> pl.LazyFrame:
     """Add ``_day`` (local date), ``_day_start``/``_day_end`` (UTC) and ``_day_minutes``."""
-    start = pl.col("interval_start")
-
-    def local(zone: str) -> pl.Expr:
-        return start.dt.convert_time_zone(zone).dt.replace_time_zone(None)
-
-    def midnight(day: pl.Expr) -> Callable[[str], pl.Expr]:
-        def utc(zone: str) -> pl.Expr:
-            naive = day.cast(pl.Datetime("us"))
-            return naive.dt.replace_time_zone(
-                zone, ambiguous="earliest", non_existent="null"
-            ).dt.convert_time_zone("UTC")
-
-        return utc
-
-    frame = frame.with_columns(_per_zone(zones, local).dt.date().alias("_day"))
+    tz = pl.col("_tz")
+    frame = frame.with_columns(local_date(pl.col("interval_start"), tz, zones).alias("_day"))
     return frame.with_columns(
-        _per_zone(zones, midnight(pl.col("_day"))).alias("_day_start"),
-        _per_zone(zones, midnight(pl.col("_day") + dt.timedelta(days=1))).alias("_day_end"),
+        local_midnight(pl.col("_day"), tz, zones).alias("_day_start"),
+        local_midnight(pl.col("_day") + dt.timedelta(days=1), tz, zones).alias("_day_end"),
     ).with_columns(
         ((pl.col("_day_end") - pl.col("_day_start")).dt.total_minutes()).alias("_day_minutes")
     )

@@ -1,0 +1,100 @@
+"""Local time of UTC instants, per meter time zone: the one place VEE turns UTC into local days.
+
+Every stored timestamp is UTC; local time appears where the world is local (a meter's day, its
+weekday, the minute of the day). Polars takes a time zone only as a literal, so an expression
+for rows in several zones is one branch per zone, selected by the row's zone column; the few
+distinct zone names of a meter table are read eagerly to build it, the rows stay lazy.
+
+>>> import datetime as dt
+>>> t = dt.datetime(2026, 3, 29, 1, 0, tzinfo=dt.UTC)
+>>> frame = pl.DataFrame({"t": [t, t], "tz": ["Asia/Shanghai", "Europe/Berlin"]})
+>>> zones = ["Asia/Shanghai", "Europe/Berlin"]
+>>> frame.select(local_time(pl.col("t"), pl.col("tz"), zones))["t"].dt.hour().to_list()
+[9, 3]
+>>> frame.select(local_date(pl.col("t"), pl.col("tz"), zones))["t"].to_list()
+[datetime.date(2026, 3, 29), datetime.date(2026, 3, 29)]
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import Callable, Collection
+
+import polars as pl
+
+from meterlake.config.errors import ConfigError
+
+
+def check_timezone(tz: str) -> str:
+    """``tz`` if it is an IANA time zone name.
+
+    Raises
+    ------
+    ConfigError
+        It is not (the message names the value and gives an example).
+    """
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"timezone={tz!r}: use an IANA time zone such as Asia/Shanghai") from exc
+    return tz
+
+
+def per_zone(
+    timezone: pl.Expr, zones: Collection[str], branch: Callable[[str], pl.Expr]
+) -> pl.Expr:
+    """``branch(zone)`` for the rows whose ``timezone`` is ``zone``; null for other zones.
+
+    Raises
+    ------
+    ConfigError
+        One of ``zones`` is not an IANA time zone.
+    """
+    names = sorted({check_timezone(z) for z in zones})
+    if len(names) == 1:  # the common case: one site zone, no per-row selection needed
+        (only,) = names
+        return pl.when(timezone == only).then(branch(only))
+    result: pl.Expr = pl.lit(None)
+    for zone in reversed(names):
+        result = pl.when(timezone == zone).then(branch(zone)).otherwise(result)
+    return result
+
+
+def local_time(utc: pl.Expr, timezone: pl.Expr, zones: Collection[str]) -> pl.Expr:
+    """Naive local wall-clock time of the UTC instants ``utc``, each in its row's ``timezone``
+    (one of ``zones``; a row in another zone gets null)."""
+    return per_zone(
+        timezone, zones, lambda zone: utc.dt.convert_time_zone(zone).dt.replace_time_zone(None)
+    )
+
+
+def local_date(utc: pl.Expr, timezone: pl.Expr, zones: Collection[str]) -> pl.Expr:
+    """The local date of the UTC instants ``utc``, each in its row's ``timezone``.
+
+    On ``interval_start`` it puts an interval on its local day: a day has 96 quarter-hours in
+    Asia/Shanghai, and 92 or 100 on the days Europe/Berlin or America/New_York switch to or from
+    summer time.
+    """
+    return local_time(utc, timezone, zones).dt.date()
+
+
+def local_midnight(day: pl.Expr, timezone: pl.Expr, zones: Collection[str]) -> pl.Expr:
+    """The UTC instant at which the local date ``day`` begins in each row's ``timezone``.
+
+    A midnight that a DST change skips is null (no IANA zone in use does that today); a
+    repeated one is the earlier instant.
+
+    >>> import datetime as dt
+    >>> frame = pl.DataFrame({"d": [dt.date(2026, 3, 29)] * 2, "tz": ["Europe/Berlin", "UTC"]})
+    >>> frame.select(local_midnight(pl.col("d"), pl.col("tz"), ["Europe/Berlin", "UTC"]))[
+    ...     "d"].dt.hour().to_list()
+    [23, 0]
+    """
+    naive = day.cast(pl.Datetime("us"))
+    return per_zone(
+        timezone,
+        zones,
+        lambda zone: naive.dt.replace_time_zone(
+            zone, ambiguous="earliest", non_existent="null"
+        ).dt.convert_time_zone("UTC"),
+    )

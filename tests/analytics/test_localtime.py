@@ -1,0 +1,62 @@
+"""Local dates, times and midnights of UTC instants in each row's own time zone."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pytest
+
+from meterlake.analytics.localtime import check_timezone, local_date, local_midnight, local_time
+from meterlake.config.errors import ConfigError
+
+UTC = dt.UTC
+ZONES = ["Asia/Shanghai", "Europe/Berlin", "America/New_York"]
+
+
+def test_each_row_is_read_in_its_own_zone() -> None:
+    t = dt.datetime(2026, 7, 1, 23, 30, tzinfo=UTC)
+    frame = pl.DataFrame({"t": [t] * 3, "tz": ZONES})
+    out = frame.select(
+        time=local_time(pl.col("t"), pl.col("tz"), ZONES),
+        day=local_date(pl.col("t"), pl.col("tz"), ZONES),
+    )
+    assert out["time"].to_list() == [
+        dt.datetime(2026, 7, 2, 7, 30),
+        dt.datetime(2026, 7, 2, 1, 30),
+        dt.datetime(2026, 7, 1, 19, 30),
+    ]
+    assert out["day"].to_list() == [dt.date(2026, 7, 2), dt.date(2026, 7, 2), dt.date(2026, 7, 1)]
+
+
+def test_a_row_in_a_zone_not_listed_gets_null() -> None:
+    frame = pl.DataFrame({"t": [dt.datetime(2026, 7, 1, tzinfo=UTC)], "tz": ["Asia/Tokyo"]})
+    assert frame.select(local_date(pl.col("t"), pl.col("tz"), ["Asia/Shanghai"])).item() is None
+
+
+@pytest.mark.parametrize(
+    ("tz", "day", "hours"),
+    [
+        ("Asia/Shanghai", dt.date(2026, 3, 29), 24),
+        ("Europe/Berlin", dt.date(2026, 3, 29), 23),
+        ("Europe/Berlin", dt.date(2026, 10, 25), 25),
+        ("America/New_York", dt.date(2026, 3, 8), 23),
+        ("America/New_York", dt.date(2026, 11, 1), 25),
+    ],
+)
+def test_local_days_last_23_24_or_25_hours(tz: str, day: dt.date, hours: int) -> None:
+    frame = pl.DataFrame({"d": [day, day + dt.timedelta(days=1)], "tz": [tz, tz]})
+    starts = frame.select(local_midnight(pl.col("d"), pl.col("tz"), ZONES))["d"].to_list()
+    assert starts[1] - starts[0] == dt.timedelta(hours=hours)
+    # and the UTC midnight maps back onto the local date
+    back = pl.DataFrame({"t": starts, "tz": [tz, tz]}).select(
+        local_date(pl.col("t"), pl.col("tz"), ZONES)
+    )
+    assert back["t"].to_list() == frame["d"].to_list()
+
+
+def test_unknown_zones_are_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="Mars/Olympus"):
+        check_timezone("Mars/Olympus")
+    with pytest.raises(ConfigError, match="IANA"):
+        local_date(pl.col("t"), pl.col("tz"), ["UTC", "Mars/Olympus"])
