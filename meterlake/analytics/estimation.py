@@ -73,9 +73,10 @@ from typing import Final
 
 import polars as pl
 
-from meterlake.analytics.localtime import check_timezone, local_time
+from meterlake.analytics.localtime import local_time
 from meterlake.config.errors import ConfigError
 from meterlake.config.schemas import IntervalStatus
+from meterlake.config.timezones import check_timezone
 
 IMPORT: Final = "energy_import_kwh"
 EXPORT: Final = "energy_export_kwh"

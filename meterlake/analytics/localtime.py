@@ -17,27 +17,11 @@ distinct zone names of a meter table are read eagerly to build it, the rows stay
 
 from __future__ import annotations
 
-import zoneinfo
 from collections.abc import Callable, Collection
 
 import polars as pl
 
-from meterlake.config.errors import ConfigError
-
-
-def check_timezone(tz: str) -> str:
-    """``tz`` if it is an IANA time zone name.
-
-    Raises
-    ------
-    ConfigError
-        It is not (the message names the value and gives an example).
-    """
-    try:
-        zoneinfo.ZoneInfo(tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigError(f"timezone={tz!r}: use an IANA time zone such as Asia/Shanghai") from exc
-    return tz
+from meterlake.config.timezones import check_timezone
 
 
 def per_zone(

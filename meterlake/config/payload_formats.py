@@ -39,7 +39,6 @@ import datetime as dt
 import json
 import math
 import re
-import zoneinfo
 from collections.abc import Callable
 from typing import Annotated, Final, Literal
 
@@ -47,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from meterlake.config.errors import ConfigError, PermanentError
 from meterlake.config.schemas import canonical_unit, is_known_quantity
+from meterlake.config.timezones import check_timezone
 from meterlake.config.units import conversion_factor
 
 PayloadFormatName = Literal["canonical", "tasmota", "shelly-gen2", "zigbee2mqtt", "mapping"]
@@ -199,24 +199,6 @@ def check_timestamp_format(fmt: str) -> str:
             f"timestamp format {fmt!r} does not parse what it formats: {exc}"
         ) from None
     return fmt
-
-
-def check_timezone(name: str) -> str:
-    """``name`` if it is an IANA time zone.
-
-    >>> check_timezone("Asia/Shanghai")
-    'Asia/Shanghai'
-
-    Raises
-    ------
-    ConfigError
-        Not a zone this machine knows.
-    """
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigError(f"{name!r} is not an IANA time zone such as Asia/Shanghai") from exc
-    return name
 
 
 def _as_value_error(check: Callable[[str], object], value: str) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import tomllib
-import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from types import UnionType
@@ -27,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from meterlake.config.collect import ModbusBusSettings, check_modbus_buses
 from meterlake.config.errors import ConfigError
 from meterlake.config.payload_formats import PayloadFormatSettings
+from meterlake.config.timezones import is_timezone
 from meterlake.config.vee import VeeSettings
 
 DEFAULT_CONFIG_NAME: Final = "meterlake.toml"
@@ -62,10 +62,8 @@ class SiteSettings(_Section):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError("must be an IANA time zone such as Asia/Shanghai") from exc
+        if not is_timezone(value):
+            raise ValueError("must be an IANA time zone such as Asia/Shanghai")
         return value
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -36,6 +35,7 @@ from meterlake.config.schemas import (
     Quality,
     known_quantity,
 )
+from meterlake.config.timezones import is_timezone
 
 Kind = Literal["readings", "intervals"]
 INTERVAL_MINUTES: Final = (5, 15, 30, 60)
@@ -376,7 +376,5 @@ def _empty_reason_to_null() -> pl.Expr:
 
 
 def _check_zone(tz: str) -> None:
-    try:
-        zoneinfo.ZoneInfo(tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise InputFileError(f"--tz {tz!r} is not an IANA time zone (e.g. Asia/Shanghai)") from None
+    if not is_timezone(tz):
+        raise InputFileError(f"--tz {tz!r} is not an IANA time zone (e.g. Asia/Shanghai)")

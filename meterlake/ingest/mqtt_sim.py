@@ -104,12 +104,12 @@ from meterlake.config.payload_formats import (
     FieldPath,
     PayloadFormatName,
     PayloadMapping,
-    check_timezone,
     parse_field_path,
     parse_meter_id_template,
 )
 from meterlake.config.schemas import UTC_TS
 from meterlake.config.settings import MqttConnection, SiteSettings
+from meterlake.config.timezones import check_timezone
 from meterlake.ingest.mqtt import connect_in_background, make_client
 from meterlake.ingest.readings import to_us
 from meterlake.ingest.simulator import (

@@ -58,7 +58,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
-import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -70,6 +69,7 @@ import polars as pl
 
 from meterlake.config.errors import ConfigError
 from meterlake.config.schemas import READINGS, UTC_TS, Quality
+from meterlake.config.timezones import is_timezone
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
@@ -168,7 +168,7 @@ class FleetSpec:
                 f"interval_minutes={self.interval_minutes!r}: use a divisor of 60 "
                 f"({', '.join(map(str, _INTERVALS_PER_DAY_ALLOWED))})"
             )
-        if not _is_zone(self.timezone):
+        if not is_timezone(self.timezone):
             problems.append(
                 f"timezone={self.timezone!r}: use an IANA time zone such as Asia/Shanghai"
             )
@@ -686,11 +686,3 @@ def _gateway_names(count: int) -> pl.Series:
 def _start_us(spec: FleetSpec) -> int:
     epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     return (spec.start - epoch) // dt.timedelta(microseconds=1)
-
-
-def _is_zone(name: str) -> bool:
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return False
-    return True

@@ -21,12 +21,12 @@ from meterlake.config.payload_formats import (
     PayloadFormatSettings,
     PayloadMapping,
     TemplatePart,
-    check_timezone,
     parse_field_path,
     parse_meter_id_template,
 )
 from meterlake.config.schemas import Quality
 from meterlake.config.settings import SiteSettings
+from meterlake.config.timezones import check_timezone
 from meterlake.ingest.readings import (
     DEFAULT_MAX_FUTURE_S,
     DEFAULT_MAX_PAST_S,
