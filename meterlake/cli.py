@@ -39,7 +39,7 @@ from meterlake.config.errors import LakeBusyError, MeterlakeError, PermanentErro
 from meterlake.config.ids import validate_meter_id
 from meterlake.config.schemas import INTERVALS, QUARANTINE, READINGS, TABLES
 from meterlake.config.settings import DEFAULT_CONFIG_NAME, Settings, load_settings
-from meterlake.ingest.files import read_import_file, whole_file_quarantine
+from meterlake.ingest.files import TABLE_OF, read_import_file, whole_file_quarantine
 from meterlake.ingest.forward import UpstreamForwarder
 from meterlake.ingest.gateway import (
     MODBUS_CHANNEL,
@@ -199,7 +199,11 @@ def init(
 @app.command("import")
 def import_files(
     files: Annotated[
-        list[Path], typer.Argument(help="CSV or Parquet files of readings or intervals.")
+        list[Path],
+        typer.Argument(
+            help="CSV or Parquet files of readings, intervals, meters (master data) or "
+            "meter events (replacements, resets); the columns say which."
+        ),
     ],
     lake: LakeOpt = None,
     config: ConfigOpt = None,
@@ -210,7 +214,8 @@ def import_files(
         int, typer.Option(help="Interval length of interval files without that column.")
     ] = 15,
 ) -> None:
-    """Import readings or interval energy; bad rows go to the quarantine with the reason.
+    """Import readings, interval energy, meters or meter events; bad rows go to the quarantine
+    with the reason.
 
     Exits non-zero only when nothing at all could be imported.
     """
@@ -234,7 +239,7 @@ def import_files(
                 escape(str(exc)),
             )
             continue
-        write_table(root, READINGS if result.kind == "readings" else INTERVALS, result.good)
+        write_table(root, TABLE_OF[result.kind], result.good)
         write_table(root, QUARANTINE, result.rejected)
         imported += result.good.height
         note = ""

@@ -286,8 +286,89 @@ QUARANTINE: Final = TableSpec(
     time_column="received_at",
 )
 
+METERS: Final = TableSpec(
+    name="meters",
+    schema=pl.Schema(
+        {
+            "meter_id": pl.String(),
+            "account": pl.String(),
+            "meter_group": pl.String(),
+            "timezone": pl.String(),
+            "import_only": pl.Boolean(),
+            "max_power_kw": pl.Float64(),
+            "wrap_kwh": pl.Float64(),
+            "tariff_id": pl.String(),
+            "billing_day": pl.Int8(),
+            "tier_year_start": pl.String(),
+            "pv": pl.Boolean(),
+            "prepaid": pl.Boolean(),
+            "vacant": pl.Boolean(),
+            "feeder": pl.String(),
+            "updated_at": UTC_TS,
+        }
+    ),
+    partition="date",
+    partition_from="updated_at",
+    dedup_key=("meter_id", "updated_at"),
+    time_column="updated_at",
+)
+"""Meter master data, one row per meter and import: the latest ``updated_at`` of a meter is its
+current record (``meters_current``). Nulls mean "the default" (see ``meterlake meters import``)."""
+
+METER_EVENTS: Final = TableSpec(
+    name="meter_events",
+    schema=pl.Schema(
+        {
+            "meter_id": pl.String(),
+            "ts": UTC_TS,
+            "kind": pl.String(),
+            "note": pl.String(),
+            "recorded_at": UTC_TS,
+        }
+    ),
+    partition="date",
+    partition_from="ts",
+    dedup_key=("meter_id", "ts", "kind"),
+    time_column="ts",
+)
+"""Register restarts a person recorded: ``kind`` ``replacement`` (a new meter under the same id)
+or ``reset`` (the register was cleared) at ``ts``; VEE starts a new baseline there."""
+
+VEE_RUNS: Final = TableSpec(
+    name="vee_runs",
+    schema=pl.Schema(
+        {
+            "run_id": pl.String(),
+            "started_at": UTC_TS,
+            "mode": pl.String(),
+            "range_start": UTC_TS,
+            "range_end": UTC_TS,
+            "meters": pl.Int64(),
+            "read_watermark": UTC_TS,
+            "rows_written": pl.Int64(),
+        }
+    ),
+    partition="date",
+    partition_from="started_at",
+    dedup_key=("run_id",),
+    time_column="started_at",
+)
+"""One row per VEE run (the audit of ``intervals.run_id``): what it covered and the latest
+``received_at`` of the readings it saw, from which the next incremental run starts."""
+
 TABLES: Final[dict[str, TableSpec]] = {
-    t.name: t for t in (READINGS, INTERVALS, BILLS, BILL_LINES, ALERTS, QUARANTINE)
+    t.name: t
+    for t in (
+        READINGS,
+        INTERVALS,
+        BILLS,
+        BILL_LINES,
+        ALERTS,
+        QUARANTINE,
+        METERS,
+        METER_EVENTS,
+        VEE_RUNS,
+    )
 }
 
 

@@ -1,6 +1,6 @@
 """Import of readings and interval energy from CSV or Parquet files (pure: bytes in, frames out).
 
-Two long forms are recognised by their columns (names are case-insensitive):
+Four forms are recognised by their columns (names are case-insensitive):
 
 readings
     ``meter_id, ts, quantity, value`` and optionally ``quality`` (flag names separated by ``|``)
@@ -8,6 +8,15 @@ readings
 intervals
     ``meter_id, interval_start, energy_import_kwh`` and optionally ``energy_export_kwh`` and
     ``interval_minutes``.
+meter_events
+    ``meter_id, ts, kind`` (``replacement`` or ``reset``) and optionally ``note``: a meter swapped
+    or its register cleared at ``ts``.
+meters
+    ``meter_id`` and any of the other columns of the ``meters`` table (master data: ``account``,
+    ``meter_group``, ``timezone``, ``import_only``, ``max_power_kw``, ``wrap_kwh``,
+    ``tariff_id``, ``billing_day`` (1-28), ``tier_year_start`` (``MM-DD``), ``pv``,
+    ``prepaid``, ``vacant``, ``feeder``); an empty cell means the default. Booleans are
+    ``true/false``, ``yes/no`` or ``1/0``. A meter's latest import is its current record.
 
 Timestamps are ISO 8601 (``2026-10-01T00:15:00Z``, ``2026-10-01 08:15:00+08:00``); naive ones
 (``2026-10-01 08:15``) are local time of the zone passed as ``tz``. Every row is checked on its
@@ -29,6 +38,8 @@ from meterlake.config.errors import InputFileError
 from meterlake.config.ids import meter_id_is_safe
 from meterlake.config.schemas import (
     INTERVALS,
+    METER_EVENTS,
+    METERS,
     QUARANTINE,
     READINGS,
     IntervalStatus,
@@ -37,16 +48,31 @@ from meterlake.config.schemas import (
 )
 from meterlake.config.timezones import is_timezone
 
-Kind = Literal["readings", "intervals"]
+Kind = Literal["readings", "intervals", "meter_events", "meters"]
 INTERVAL_MINUTES: Final = (5, 15, 30, 60)
+EVENT_KINDS: Final = ("replacement", "reset")
+_METER_FIELDS: Final = tuple(
+    c for c in METERS.schema.names() if c not in ("meter_id", "updated_at")
+)
 _REQUIRED: Final[dict[Kind, tuple[str, ...]]] = {
     "readings": ("meter_id", "ts", "quantity", "value"),
     "intervals": ("meter_id", "interval_start", "energy_import_kwh"),
+    "meter_events": ("meter_id", "ts", "kind"),
+    "meters": ("meter_id",),
 }
 _OPTIONAL: Final[dict[Kind, tuple[str, ...]]] = {
     "readings": ("quality", "source"),
     "intervals": ("energy_export_kwh", "interval_minutes"),
+    "meter_events": ("note",),
+    "meters": _METER_FIELDS,
 }
+TABLE_OF: Final = {
+    "readings": READINGS,
+    "intervals": INTERVALS,
+    "meter_events": METER_EVENTS,
+    "meters": METERS,
+}
+"""The lake table each kind of file lands in."""
 _AWARE_FORMATS: Final = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M%#z")
 _NAIVE_FORMATS: Final = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M")
 _LINE: Final = "__line"
@@ -60,7 +86,7 @@ class ImportedFile:
     path: Path
     kind: Kind
     good: pl.DataFrame
-    """Rows conformed to the ``readings`` or ``intervals`` contract."""
+    """Rows conformed to the contract of ``TABLE_OF[kind]``."""
     rejected: pl.DataFrame
     """Quarantine records (``QUARANTINE`` contract), one per bad row."""
 
@@ -72,14 +98,15 @@ def read_import_file(
     tz: str | None = None,
     interval_minutes: int = 15,
 ) -> ImportedFile:
-    """Read one CSV or Parquet file of readings or intervals and sort its rows into good and bad.
+    """Read one CSV or Parquet file of one of the four forms and sort its rows into good and bad.
 
     Parameters
     ----------
     path
         A ``.csv`` or ``.parquet`` file.
     received_at
-        When the data arrived (UTC); stamped on readings and quarantine records.
+        When the data arrived (UTC); stamped on readings, meter records (``updated_at``), meter
+        events (``recorded_at``) and quarantine records.
     tz
         IANA zone of naive timestamps; without it, rows with naive timestamps are rejected.
     interval_minutes
@@ -101,10 +128,14 @@ def read_import_file(
     raw = raw.with_row_index(_LINE, offset=first_line)
     if kind == "readings":
         checked = check_readings(raw, tz=tz, source=f"import:{path.name}", received_at=received_at)
-    else:
+    elif kind == "intervals":
         run_id = "import-" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
         checked = check_intervals(raw, tz=tz, interval_minutes=interval_minutes, run_id=run_id)
-    spec = READINGS if kind == "readings" else INTERVALS
+    elif kind == "meter_events":
+        checked = check_meter_events(raw, tz=tz, recorded_at=received_at)
+    else:
+        checked = check_meters(raw, updated_at=received_at)
+    spec = TABLE_OF[kind]
     good = checked.filter(pl.col(_REASON).is_null()).select(spec.schema.names())
     rejected = quarantine_records(
         raw, checked.filter(pl.col(_REASON).is_not_null()), path, received_at
@@ -128,7 +159,12 @@ def whole_file_quarantine(path: Path, reason: str, received_at: dt.datetime) -> 
 def detect_kind(columns: list[str], path: Path) -> Kind:
     """Which long form ``columns`` are, or an :class:`InputFileError` that says what is missing."""
     present = set(columns)
-    kinds: list[Kind] = [k for k, req in _REQUIRED.items() if present.issuperset(req)]
+    kinds: list[Kind] = [
+        k
+        for k, req in _REQUIRED.items()
+        if present.issuperset(req)
+        and (k != "meters" or present.issubset({*req, *_OPTIONAL["meters"]}))
+    ]
     if len(kinds) != 1:
         forms = " or ".join(
             f"{k} ({', '.join(req)}; optional {', '.join(_OPTIONAL[k])})"
@@ -264,6 +300,120 @@ def check_intervals(
         ).alias(_REASON),
     )
     return frame.with_columns(_empty_reason_to_null()).collect()
+
+
+def check_meter_events(
+    raw: pl.DataFrame, *, tz: str | None, recorded_at: dt.datetime
+) -> pl.DataFrame:
+    """Parse and check meter events given as text; ``__reason`` is null for good rows."""
+    ts, ts_reason = parse_timestamp("ts", tz)
+    kind = pl.col("kind").str.strip_chars().str.to_lowercase()
+    note = _text("note") if "note" in raw.columns else pl.lit(None, pl.String)
+    frame = raw.lazy().with_columns(
+        _meter_id(),
+        ts.alias("ts"),
+        kind.alias("kind"),
+        note.alias("note"),
+        pl.lit(recorded_at).dt.convert_time_zone("UTC").alias("recorded_at"),
+        pl.concat_str(
+            _meter_id_reason(),
+            ts_reason,
+            pl.when(~kind.is_in(EVENT_KINDS).fill_null(value=False))
+            .then(
+                pl.format(
+                    "kind {} is not one of {}",
+                    _shown(pl.col("kind")),
+                    pl.lit(", ".join(EVENT_KINDS)),
+                )
+            )
+            .otherwise(None),
+            separator="; ",
+            ignore_nulls=True,
+        ).alias(_REASON),
+    )
+    return frame.with_columns(_empty_reason_to_null()).collect()
+
+
+def check_meters(raw: pl.DataFrame, *, updated_at: dt.datetime) -> pl.DataFrame:
+    """Parse and check meter master data given as text; ``__reason`` is null for good rows.
+
+    A meter listed twice in one file is refused on both lines: which record is meant is not
+    something to guess.
+    """
+    present = set(raw.columns)
+    values: dict[str, pl.Expr] = {}
+    reasons: list[pl.Expr] = [_meter_id_reason()]
+    for name in _METER_FIELDS:
+        text = _text(name) if name in present else pl.lit(None, pl.String)
+        value, reason = _meter_field(name, text)
+        values[name] = value.alias(name)
+        reasons.append(reason)
+    zones = raw.select(_text("timezone").drop_nulls().unique()) if "timezone" in present else None
+    bad_zones = [
+        z for z in ([] if zones is None else zones.to_series().to_list()) if not is_timezone(z)
+    ]
+    reasons.append(
+        pl.when(values["timezone"].is_in(bad_zones))
+        .then(
+            pl.format(
+                "timezone {} is not an IANA time zone such as Asia/Shanghai",
+                _shown(values["timezone"]),
+            )
+        )
+        .otherwise(None)
+    )
+    reasons.append(
+        pl.when(pl.len().over(_meter_id()) > 1)
+        .then(pl.lit("meter_id appears more than once in the file"))
+        .otherwise(None)
+    )
+    frame = raw.lazy().with_columns(
+        _meter_id(),
+        *values.values(),
+        pl.lit(updated_at).dt.convert_time_zone("UTC").alias("updated_at"),
+        pl.concat_str(*reasons, separator="; ", ignore_nulls=True).alias(_REASON),
+    )
+    return frame.with_columns(_empty_reason_to_null()).collect()
+
+
+_TRUE: Final = ("true", "yes", "y", "1")
+_FALSE: Final = ("false", "no", "n", "0")
+
+
+def _meter_field(name: str, text: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """One meter column parsed from ``text`` (stripped, empty as null) and a reason or null."""
+    dtype = METERS.schema[name]
+    given = text.is_not_null()
+    value: pl.Expr
+    if dtype == pl.Boolean():
+        low = text.str.to_lowercase()
+        value = pl.when(low.is_in(_TRUE)).then(pl.lit(value=True))
+        value = value.when(low.is_in(_FALSE)).then(pl.lit(value=False))
+        wrong = given & value.is_null()
+        what = "is not true/false, yes/no or 1/0"
+    elif dtype == pl.Float64():
+        value = text.cast(pl.Float64, strict=False)
+        wrong = given & ~((value > 0) & value.is_finite()).fill_null(value=False)
+        what = "is not a number above 0"
+    elif name == "billing_day":
+        value = text.cast(pl.Int8, strict=False)
+        wrong = given & ~value.is_between(1, 28).fill_null(value=False)
+        what = "is not a day of the month from 1 to 28"
+    elif name == "tier_year_start":
+        value = text
+        real = pl.concat_str(pl.lit("2001-"), text).str.to_date("%Y-%m-%d", strict=False)
+        wrong = given & (~text.str.contains(r"^\d{2}-\d{2}$") | real.is_null())
+        what = "is not a day of the year MM-DD such as 01-01"
+    else:
+        return text, pl.lit(None, pl.String)
+    reason = pl.when(wrong).then(pl.format("{} {} " + what, pl.lit(name), _shown(text)))
+    return pl.when(wrong).then(None).otherwise(value), reason.otherwise(None)
+
+
+def _text(name: str) -> pl.Expr:
+    """A text column stripped, with empty cells as null."""
+    stripped = pl.col(name).str.strip_chars()
+    return pl.when(stripped == "").then(None).otherwise(stripped)
 
 
 def parse_timestamp(column: str, tz: str | None) -> tuple[pl.Expr, pl.Expr]:

@@ -7,6 +7,10 @@ An analyst opens it with ``duckdb <lake>/catalog.duckdb`` (or ``meterlake sql``)
                         ``duplicate_conflict`` in ``quality`` where other values exist
     intervals           every version of every interval (+ ``month``)
     intervals_current   the highest version of each interval
+    meters              meter master data, one row per meter and import (+ ``date``)
+    meters_current      the latest record of each meter
+    meter_events        recorded meter replacements and register resets
+    vee_runs            one row per VEE run: range, meters, rows written
     bills, bill_lines, alerts, quarantine
     quantities          the canonical quantity names and their units
     quality_flags       the flags a reading's ``quality`` may hold
@@ -26,6 +30,7 @@ import duckdb
 from meterlake.config.errors import LakeBusyError, PermanentError
 from meterlake.config.schemas import (
     INTERVALS,
+    METERS,
     QUALITY_MEANINGS,
     QUANTITIES,
     READINGS,
@@ -111,6 +116,12 @@ QUALIFY row_number() OVER (
 """
 
 
+METERS_CURRENT_SQL: Final = f"""
+SELECT * FROM {METERS.name}
+QUALIFY row_number() OVER (PARTITION BY meter_id ORDER BY updated_at DESC, date DESC) = 1
+"""
+
+
 def catalog_path(root: Path) -> Path:
     return root / CATALOG_FILE
 
@@ -137,6 +148,7 @@ def refresh_catalog(root: Path) -> Path:
             con.execute(f"CREATE OR REPLACE VIEW {table.name} AS {table_view_sql(root, table)}")
         con.execute(f"CREATE OR REPLACE VIEW readings_current AS {READINGS_CURRENT_SQL}")
         con.execute(f"CREATE OR REPLACE VIEW intervals_current AS {INTERVALS_CURRENT_SQL}")
+        con.execute(f"CREATE OR REPLACE VIEW meters_current AS {METERS_CURRENT_SQL}")
         con.execute("CREATE OR REPLACE TABLE quantities (quantity VARCHAR, unit VARCHAR)")
         con.executemany("INSERT INTO quantities VALUES (?, ?)", list(QUANTITIES.items()))
         con.execute("CREATE OR REPLACE TABLE quality_flags (flag VARCHAR, meaning VARCHAR)")

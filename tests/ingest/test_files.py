@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from meterlake.config.errors import InputFileError
-from meterlake.config.schemas import INTERVALS, QUARANTINE, READINGS
+from meterlake.config.schemas import INTERVALS, METER_EVENTS, METERS, QUARANTINE, READINGS
 from meterlake.ingest.files import read_import_file
 from meterlake.storage.writer import conform
 
@@ -193,3 +193,92 @@ def test_unknown_zone_is_refused(tmp_path: Path) -> None:
     path = _csv(tmp_path, "r.csv", "meter_id,ts,quantity,value\n")
     with pytest.raises(InputFileError, match="not an IANA time zone"):
         read_import_file(path, received_at=NOW, tz="Mars/Olympus")
+
+
+# --- meter master data and meter events ----------------------------------------------------
+
+
+def test_meter_master_data_lands_typed_and_bad_cells_are_named(tmp_path: Path) -> None:
+    path = _csv(
+        tmp_path,
+        "meters.csv",
+        "Meter_ID,account,meter_group,timezone,import_only,max_power_kw,wrap_kwh,tariff_id,"
+        "billing_day,tier_year_start,pv,prepaid,vacant,feeder\n"
+        "m1,acc-1,residential,Asia/Shanghai,Yes,11,99999.99,cn-sh,1,01-01,0,no,,f-7\n"
+        "m2, ,,,,,,,,,,,,\n"
+        "m3,acc-3,,Mars/Olympus,maybe,-3,inf,,31,02-30,,,,\n"
+        "m4,acc-4,,,true,,,,29,1-1,,,,\n",
+    )
+    result = read_import_file(path, received_at=NOW)
+    assert result.kind == "meters"
+    conform(result.good, METERS)
+    good = result.good.sort("meter_id")
+    assert good.row(0, named=True) == {
+        "meter_id": "m1",
+        "account": "acc-1",
+        "meter_group": "residential",
+        "timezone": "Asia/Shanghai",
+        "import_only": True,
+        "max_power_kw": 11.0,
+        "wrap_kwh": 99999.99,
+        "tariff_id": "cn-sh",
+        "billing_day": 1,
+        "tier_year_start": "01-01",
+        "pv": False,
+        "prepaid": False,
+        "vacant": None,
+        "feeder": "f-7",
+        "updated_at": NOW,
+    }
+    # empty cells are "the default": null, never "" or False
+    assert [
+        v for k, v in good.row(1, named=True).items() if k not in ("meter_id", "updated_at")
+    ] == [None] * 13
+    reasons = result.rejected["reason"].to_list()
+    assert len(reasons) == 2
+    for part in (
+        "timezone 'Mars/Olympus' is not an IANA time zone",
+        "import_only 'maybe' is not true/false",
+        "max_power_kw '-3' is not a number above 0",
+        "wrap_kwh 'inf' is not a number above 0",
+        "billing_day '31' is not a day of the month from 1 to 28",
+        "tier_year_start '02-30' is not a day of the year MM-DD",
+    ):
+        assert part in reasons[0]
+    assert "billing_day '29'" in reasons[1]
+    assert "tier_year_start '1-1'" in reasons[1]
+
+
+def test_a_meter_listed_twice_in_one_file_is_refused_on_both_lines(tmp_path: Path) -> None:
+    path = _csv(tmp_path, "meters.csv", "meter_id,tariff_id\nm1,a\nm2,b\nm1,c\n")
+    result = read_import_file(path, received_at=NOW)
+    assert result.good["meter_id"].to_list() == ["m2"]
+    assert result.rejected["source"].to_list() == ["import:meters.csv:2", "import:meters.csv:4"]
+    assert set(result.rejected["reason"]) == {"meter_id appears more than once in the file"}
+
+
+def test_a_misspelt_meter_column_is_refused_not_dropped(tmp_path: Path) -> None:
+    path = _csv(tmp_path, "meters.csv", "meter_id,tarif_id\nm1,a\n")
+    with pytest.raises(InputFileError, match=r"tarif_id.*fit neither form.*meters \(meter_id"):
+        read_import_file(path, received_at=NOW)
+
+
+def test_meter_events_are_read_in_the_given_zone_and_bad_kinds_kept(tmp_path: Path) -> None:
+    path = _csv(
+        tmp_path,
+        "events.csv",
+        "meter_id,ts,kind,note\n"
+        "m1,2026-10-05T10:00:00Z,Replacement,new DDSU666\n"
+        "m2,2026-10-06 10:00,reset,\n"
+        "m2,2026-10-06T10:00:00Z,explode,\n",
+    )
+    result = read_import_file(path, received_at=NOW, tz="Asia/Shanghai")
+    assert result.kind == "meter_events"
+    conform(result.good, METER_EVENTS)
+    assert result.good.rows() == [
+        ("m1", dt.datetime(2026, 10, 5, 10, tzinfo=UTC), "replacement", "new DDSU666", NOW),
+        ("m2", dt.datetime(2026, 10, 6, 2, tzinfo=UTC), "reset", None, NOW),
+    ]
+    assert result.rejected["reason"].to_list() == [
+        "kind 'explode' is not one of replacement, reset"
+    ]

@@ -14,6 +14,7 @@ import pytest
 from meterlake.config.errors import LakeBusyError
 from meterlake.config.schemas import (
     INTERVALS,
+    METERS,
     QUALITY_MEANINGS,
     QUANTITIES,
     READINGS,
@@ -27,7 +28,7 @@ from meterlake.storage.catalog import (
 )
 from meterlake.storage.writer import write_table
 
-CURRENT_VIEWS = ["readings_current", "intervals_current"]
+CURRENT_VIEWS = ["readings_current", "intervals_current", "meters_current"]
 HIVE_TYPES = {"date": "DATE", "month": "VARCHAR", "period": "VARCHAR"}
 
 HOLD_CATALOG = """
@@ -56,8 +57,11 @@ def duckdb_type(dtype: Any) -> str:
     simple = {
         pl.String: "VARCHAR",
         pl.Float64: "DOUBLE",
+        pl.Int8: "TINYINT",
         pl.Int16: "SMALLINT",
         pl.Int32: "INTEGER",
+        pl.Int64: "BIGINT",
+        pl.Boolean: "BOOLEAN",
         pl.Date: "DATE",
         pl.Binary: "BLOB",
     }
@@ -203,6 +207,33 @@ def test_intervals_current_picks_the_highest_version(lake: Path) -> None:
         con.close()
     assert rows == [(3, 0.7)]
     assert everything == [(3,)]
+
+
+def test_meters_current_is_each_meters_latest_import(lake: Path) -> None:
+    t0 = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+
+    def meters(*rows: tuple[str, str, int]) -> pl.DataFrame:
+        frame = pl.DataFrame(
+            [
+                {"meter_id": m, "tariff_id": t, "updated_at": t0 + dt.timedelta(d)}
+                for m, t, d in rows
+            ]
+        )
+        return frame.select(
+            pl.col(c) if c in frame.columns else pl.lit(None, dtype).alias(c)
+            for c, dtype in METERS.schema.items()
+        )
+
+    # the newer record of m-1 lands first and in another partition: order must not matter
+    write_table(lake, METERS, meters(("m-1", "new", 40)))
+    write_table(lake, METERS, meters(("m-1", "old", 0), ("m-2", "b", 0)))
+    refresh_catalog(lake)
+    con = connect_catalog(lake)
+    try:
+        rows = con.sql("SELECT meter_id, tariff_id FROM meters_current ORDER BY 1").fetchall()
+    finally:
+        con.close()
+    assert rows == [("m-1", "new"), ("m-2", "b")]
 
 
 def test_read_only_connections_read_and_cannot_write(
