@@ -33,7 +33,7 @@ from rich.table import Table
 
 from meterlake import __version__
 from meterlake.analytics.quality import quality_figures
-from meterlake.analytics.vee import VeeRun, default_meters, vee_versions
+from meterlake.analytics.vee_job import run_vee
 from meterlake.analytics.versions import latest_versions
 from meterlake.config.errors import LakeBusyError, MeterlakeError, PermanentError, RetryableError
 from meterlake.config.ids import validate_meter_id
@@ -405,50 +405,46 @@ def vee(
     ] = None,
     meters: Annotated[str | None, typer.Option(help="Only these meters, comma-separated.")] = None,
 ) -> None:
-    """Turn register reads into validated, estimated interval versions (idempotent: a second
-    run without new data writes nothing)."""
+    """Turn register reads into validated, estimated interval versions.
+
+    Without --from/--to/--meters only the days that new readings or meter events touched are
+    recomputed (the first run: everything); with them, those days and meters. Idempotent: a
+    second run without new data writes nothing.
+    """
     root = _lake(lake, config)
     settings = _settings(config)
-    zone = zoneinfo.ZoneInfo(settings.site.timezone)
-    readings = scan(root, READINGS)
-    if meters:
-        wanted = [validate_meter_id(m.strip()) for m in meters.split(",") if m.strip()]
-        readings = readings.filter(pl.col("meter_id").is_in(wanted))
-    bounds = readings.select(pl.col("ts").min().alias("a"), pl.col("ts").max().alias("b")).collect()
-    first_ts, last_ts = bounds.row(0)
-    if first_ts is None:
-        out.print("no readings: nothing to do")
-        return
-    first_day = _day(date_from, "--from") or first_ts.astimezone(zone).date()
-    last_day = _day(date_to, "--to") or last_ts.astimezone(zone).date()
-    start = dt.datetime.combine(first_day, dt.time(), tzinfo=zone).astimezone(dt.UTC)
-    end = dt.datetime.combine(last_day + dt.timedelta(days=1), dt.time(), tzinfo=zone).astimezone(
-        dt.UTC
-    )
-    margin = dt.timedelta(days=1)  # the reads around the range give its edges their baseline
-    window = readings.filter(pl.col("ts").is_between(start - margin, end + margin, closed="left"))
-    run = VeeRun(
-        run_id=f"vee-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}",
-        start=start,
-        end=end,
-        validation=settings.vee,
-    )
-    stored = scan(root, INTERVALS, start, end)
+    wanted = [validate_meter_id(m.strip()) for m in (meters or "").split(",") if m.strip()]
+    run_id = f"vee-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
     with _progress() as progress:
-        progress.add_task("validating and estimating", total=None)
-        appended = vee_versions(
-            window, stored, default_meters(window, settings.site.timezone), run
-        ).collect()
-    write_table(root, INTERVALS, appended)
+        task = progress.add_task("validating and estimating", total=None)
+        result = run_vee(
+            root,
+            settings,
+            run_id=run_id,
+            now=dt.datetime.now(dt.UTC),
+            first_day=_day(date_from, "--from"),
+            last_day=_day(date_to, "--to"),
+            meter_ids=wanted or None,
+            on_shard=lambda done, total: progress.update(task, completed=done, total=total),
+        )
     _refresh(root)
-    if appended.height == 0:
-        out.print(f"VEE {first_day}..{last_day}: nothing changed, nothing written")
+    if result.start is None or result.end is None:
+        out.print("VEE: no new readings, nothing to do")
         return
-    counts = appended["status"].value_counts(sort=True)
+    zone = zoneinfo.ZoneInfo(settings.site.timezone)
+    first, last = result.start.astimezone(zone), result.end.astimezone(zone)
+    span = f"{first:%Y-%m-%d %H:%M}..{last:%Y-%m-%d %H:%M} {settings.site.timezone}"
+    written = result.written
+    if written.height == 0:
+        out.print(
+            f"VEE {result.mode} {span} ({result.meters} meters): nothing changed, nothing written"
+        )
+        return
+    counts = written["status"].value_counts(sort=True)
     summary = ", ".join(f"{n} {s}" for s, n in counts.iter_rows())
     out.print(
-        f"VEE {first_day}..{last_day} ({run.run_id}): wrote {appended.height} interval "
-        f"versions of {appended['meter_id'].n_unique()} meters ({summary})"
+        f"VEE {result.mode} {span} ({run_id}): wrote {written.height} interval versions of "
+        f"{written['meter_id'].n_unique()} of {result.meters} meters ({summary})"
     )
 
 

@@ -118,7 +118,7 @@ def test_simulate_compact_info(tmp_path: Path) -> None:
     assert files_after < files_before
     first = run("vee", "--lake", root)
     assert first.returncode == 0, first.stderr
-    assert "interval versions of 5 meters" in first.stdout
+    assert "interval versions of 5 of 5 meters" in first.stdout
     again = run("vee", "--lake", root)
     assert "nothing changed, nothing written" in again.stdout  # idempotent
     info = run("info", "--lake", root)

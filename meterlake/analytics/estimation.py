@@ -76,7 +76,7 @@ import polars as pl
 from meterlake.analytics.localtime import local_time
 from meterlake.config.errors import ConfigError
 from meterlake.config.schemas import IntervalStatus
-from meterlake.config.timezones import check_timezone
+from meterlake.config.timezones import is_timezone
 
 IMPORT: Final = "energy_import_kwh"
 EXPORT: Final = "energy_export_kwh"
@@ -173,7 +173,11 @@ class EstimationRules:
             )
         if not all(1 <= d <= 7 for d in self.weekend_days):
             raise ConfigError(f"weekend_days={self.weekend_days!r}: use ISO weekdays 1..7")
-        check_timezone(self.default_timezone)
+        if not is_timezone(self.default_timezone):
+            raise ConfigError(
+                f"default_timezone={self.default_timezone!r}: use an IANA time zone such as "
+                "Asia/Shanghai"
+            )
 
 
 def day_type(

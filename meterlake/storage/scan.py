@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from meterlake.config.schemas import TableSpec
+from meterlake.config.schemas import METERS, TableSpec
 from meterlake.storage.layout import list_partitions, partition_files
 
 
@@ -75,3 +75,14 @@ def _utc(moment: dt.datetime) -> dt.datetime:
     if moment.tzinfo is None:
         raise ValueError(f"{moment} is naive; give scan bounds in UTC or with a time zone")
     return moment.astimezone(dt.UTC)
+
+
+def scan_current_meters(root: Path) -> pl.LazyFrame:
+    """Each meter's current master record: its row of ``meters`` with the latest ``updated_at``
+    (what the catalogue's ``meters_current`` view shows)."""
+    return (
+        scan(root, METERS)
+        .sort("updated_at", nulls_last=False)
+        .group_by("meter_id", maintain_order=True)
+        .last()
+    )
