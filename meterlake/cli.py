@@ -37,7 +37,7 @@ from meterlake.analytics.vee_job import run_vee
 from meterlake.analytics.versions import latest_versions
 from meterlake.config.errors import LakeBusyError, MeterlakeError, PermanentError, RetryableError
 from meterlake.config.ids import validate_meter_id
-from meterlake.config.schemas import INTERVALS, QUARANTINE, READINGS, TABLES
+from meterlake.config.schemas import INTERVALS, METERS, QUARANTINE, READINGS, TABLES
 from meterlake.config.settings import DEFAULT_CONFIG_NAME, Settings, load_settings
 from meterlake.ingest.files import TABLE_OF, read_import_file, whole_file_quarantine
 from meterlake.ingest.forward import UpstreamForwarder
@@ -54,7 +54,12 @@ from meterlake.ingest.modbus import ModbusCollector
 from meterlake.ingest.mqtt import MqttCollector, channel_name
 from meterlake.ingest.payloads import FormatOptions
 from meterlake.ingest.profiles import load_registry
-from meterlake.ingest.simulator import FleetSpec, simulate_batches, simulate_faults
+from meterlake.ingest.simulator import (
+    FleetSpec,
+    simulate_batches,
+    simulate_faults,
+    simulate_meter_records,
+)
 from meterlake.ingest.spool import Spool
 from meterlake.storage.catalog import connect_catalog, refresh_catalog
 from meterlake.storage.compaction import compact_lake
@@ -517,7 +522,8 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same fleet.")] = 0,
     batch_hours: Annotated[int, typer.Option(min=1, help="Hours per written batch (file).")] = 1,
 ) -> None:
-    """Write a simulated fleet's readings (with daily/weekly shape and injected faults)."""
+    """Write a simulated fleet's readings (with daily/weekly shape and injected faults) and
+    its meters (group household/business, PV or import-only)."""
     root = _lake(lake, config)
     settings = _settings(config)
     if start is None:
@@ -539,9 +545,13 @@ def simulate(
     for batch in _tracked(batches, "simulating", total=-(-days * 24 // batch_hours)):
         write_table(root, READINGS, batch)
         rows += batch.height
+    write_table(root, METERS, simulate_meter_records(spec, dt.datetime.now(dt.UTC)))
     _refresh(root)
     faults = simulate_faults(spec)
-    out.print(f"wrote {rows} readings of {meters} meters over {days} days from {first_day}")
+    out.print(
+        f"wrote {rows} readings of {meters} meters over {days} days from {first_day}, "
+        "and their master data (meters table)"
+    )
     if faults.height:
         counts = faults["kind"].value_counts(sort=True)
         out.print("injected faults: " + ", ".join(f"{k} {n}" for k, n in counts.iter_rows()))

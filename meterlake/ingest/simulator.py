@@ -68,7 +68,7 @@ import numpy.typing as npt
 import polars as pl
 
 from meterlake.config.errors import ConfigError
-from meterlake.config.schemas import READINGS, UTC_TS, Quality
+from meterlake.config.schemas import METERS, READINGS, UTC_TS, Quality
 from meterlake.config.timezones import is_timezone
 
 Floats = npt.NDArray[np.float64]
@@ -203,6 +203,24 @@ def simulate_meters(spec: FleetSpec) -> pl.DataFrame:
             "source": _gateway_names(int(fleet.gateway.max()) + 1).gather(fleet.gateway),
         },
         schema=METERS_SCHEMA,
+    )
+
+
+def simulate_meter_records(spec: FleetSpec, updated_at: dt.datetime) -> pl.DataFrame:
+    """The simulated meters as master data in the ``meters`` contract: group = segment
+    (``household`` / ``business``), PV meters bidirectional, others import-only, the gateway as
+    feeder; everything else left to the defaults."""
+    meters = simulate_meters(spec)
+    return meters.select(
+        pl.col(c) if c == "meter_id" else pl.lit(None, dtype).alias(c)
+        for c, dtype in METERS.schema.items()
+    ).with_columns(
+        pl.format("acc-{}", meters["meter_id"]).alias("account"),
+        meters["segment"].alias("meter_group"),
+        (~meters["has_pv"]).alias("import_only"),
+        meters["has_pv"].alias("pv"),
+        meters["source"].alias("feeder"),
+        pl.lit(updated_at).dt.convert_time_zone("UTC").alias("updated_at"),
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from meterlake.config.errors import ConfigError
-from meterlake.config.schemas import READINGS, Quality
+from meterlake.config.schemas import METERS, READINGS, Quality
 from meterlake.ingest import simulator
 from meterlake.ingest.simulator import (
     FAULTS_SCHEMA,
@@ -20,6 +20,7 @@ from meterlake.ingest.simulator import (
     FleetSpec,
     simulate_batches,
     simulate_faults,
+    simulate_meter_records,
     simulate_meters,
     simulate_readings,
 )
@@ -383,3 +384,14 @@ def test_tiny_fleet_gets_the_first_fault_kinds() -> None:
 def test_bad_spec_is_refused(field: str, value: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         dataclasses.replace(SPEC, **{field: value})
+
+
+def test_meter_records_are_master_data_of_the_same_fleet(meters: pl.DataFrame) -> None:
+    now = dt.datetime(2026, 11, 1, tzinfo=UTC)
+    records = conform(simulate_meter_records(SPEC, now), METERS)
+    assert records["meter_id"].to_list() == meters["meter_id"].to_list()
+    assert records["meter_group"].to_list() == meters["segment"].to_list()
+    assert records["pv"].to_list() == meters["has_pv"].to_list()
+    assert (records["import_only"] == ~records["pv"]).all()
+    assert records["timezone"].is_null().all()  # the site's zone
+    assert set(records["updated_at"]) == {now}
