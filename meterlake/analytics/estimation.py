@@ -73,7 +73,7 @@ from typing import Final
 
 import polars as pl
 
-from meterlake.analytics.localtime import local_time
+from meterlake.analytics.localtime import local_time, per_zone
 from meterlake.config.errors import ConfigError
 from meterlake.config.schemas import IntervalStatus
 from meterlake.config.timezones import is_timezone
@@ -237,51 +237,68 @@ def local_slots(
     (datetime.date(2026, 10, 1), 1425, 'weekday', 'residential')
     """
     rules = rules or EstimationRules()
+    meta, zones = _meter_columns(meters, rules)
+    return _with_local(intervals.with_columns(meta), zones, rules, holidays).select(
+        pl.exclude("_tz", "group"), pl.col("group")
+    )
+
+
+def _meter_columns(meters: pl.DataFrame, rules: EstimationRules) -> tuple[list[pl.Expr], list[str]]:
+    """Each row's ``_tz`` and ``group`` by its ``meter_id`` (first row of ``meters`` wins; null
+    for meters missing from it), and the zones in use."""
     meta = meters.select(
         pl.col("meter_id").cast(pl.String),
         pl.col("timezone").cast(pl.String).alias("_tz"),
         pl.col("group").cast(pl.String),
     ).unique("meter_id", keep="first", maintain_order=True)
-    zones = {rules.default_timezone, *meta["_tz"].drop_nulls().to_list()}
-    local = pl.col("_local")
+    zones = sorted({rules.default_timezone, *meta["_tz"].drop_nulls().to_list()})
+    # a lookup of a small table, cheaper than a join that carries every column along
+    lookup = [
+        pl.col("meter_id")
+        .cast(pl.String)
+        .replace_strict(meta["meter_id"], meta[c], default=None, return_dtype=pl.String)
+        .alias(c)
+        for c in ("_tz", "group")
+    ]
+    return lookup, zones
+
+
+def _with_local(
+    frame: pl.LazyFrame, zones: list[str], rules: EstimationRules, holidays: Collection[dt.date]
+) -> pl.LazyFrame:
+    """Add ``local_date``, ``slot_minute`` and ``day_type`` to rows with ``interval_start`` and
+    ``_tz`` (null: :attr:`EstimationRules.default_timezone`), row order kept.
+
+    A fleet has few distinct instants (one per grid interval) but many rows: the local fields
+    are computed once per instant and zone, then joined to the rows by instant.
+    """
+    per_instant = frame.select("interval_start").unique()
+    for i, zone in enumerate(zones):
+        local = local_time(pl.col("interval_start"), pl.lit(zone), [zone])
+        date = local.dt.date()
+        per_instant = per_instant.with_columns(
+            pl.struct(
+                date.alias("local_date"),
+                (local.dt.hour().cast(pl.Int32) * 60 + local.dt.minute().cast(pl.Int32)).alias(
+                    "slot_minute"
+                ),
+                day_type(date, holidays, rules.weekend_days).alias("day_type"),
+            ).alias(f"_local{i}")
+        )
+    column = {zone: f"_local{i}" for i, zone in enumerate(zones)}
+    tz = pl.col("_tz").fill_null(rules.default_timezone)
     return (
-        intervals.join(meta.lazy(), on="meter_id", how="left", maintain_order="left")
-        .with_columns(
-            local_time(
-                pl.col("interval_start"), pl.col("_tz").fill_null(rules.default_timezone), zones
-            ).alias("_local")
-        )
-        .with_columns(
-            local.dt.date().alias("local_date"),
-            (local.dt.hour().cast(pl.Int32) * 60 + local.dt.minute().cast(pl.Int32)).alias(
-                "slot_minute"
-            ),
-        )
-        .with_columns(
-            day_type(pl.col("local_date"), holidays, rules.weekend_days).alias("day_type"),
-        )
-        .select(pl.exclude("_tz", "_local", "group"), pl.col("group"))
+        frame.join(per_instant, on="interval_start", how="left", maintain_order="left")
+        .with_columns(per_zone(tz, zones, lambda zone: pl.col(column[zone])).alias("_local"))
+        .drop(*column.values())
+        .unnest("_local")
     )
 
 
 def reference_expr() -> pl.Expr:
     """True for intervals whose energy may serve as reference (see the module docstring)."""
-    untrusted = pl.col("flags").list.eval(pl.element().is_in(list(UNTRUSTED_FLAGS))).list.any()
+    untrusted = pl.any_horizontal(pl.col("flags").list.contains(f) for f in UNTRUSTED_FLAGS)
     return pl.col("status").is_in(list(_REFERENCE_STATUS)) & ~untrusted.fill_null(value=False)
-
-
-def _clean_days(local: pl.LazyFrame) -> pl.LazyFrame:
-    """(meter_id, local_date, day_type, group) of days whose every interval is a reference."""
-    return (
-        local.group_by("meter_id", "local_date")
-        .agg(
-            pl.col("day_type").first(),
-            pl.col("group").first(),
-            pl.col("_ref").all().alias("_clean"),
-        )
-        .filter(pl.col("_clean"))
-        .drop("_clean")
-    )
 
 
 def class_load_profiles(local: pl.LazyFrame) -> pl.LazyFrame:
@@ -310,11 +327,19 @@ def class_load_profiles(local: pl.LazyFrame) -> pl.LazyFrame:
     ...     "daily_import_kwh").rows()
     [(0.020833333333333332, 48.0), (0.0625, 48.0)]
     """
-    local = local.with_columns(reference_expr().alias("_ref"))
-    days = _clean_days(local).select("meter_id", "local_date")
-    rows = local.join(days, on=["meter_id", "local_date"], how="inner")
-    per_day = rows.group_by("group", "day_type", "meter_id", "local_date").agg(
-        pl.col(c).sum().alias(c) for c in CHANNELS
+    day = ("meter_id", "local_date")
+    local = local.with_columns(reference_expr().all().over(day).alias("_clean"))
+    return _profiles(local, day)
+
+
+def _profiles(local: pl.LazyFrame, day: str | tuple[str, ...]) -> pl.LazyFrame:
+    """:func:`class_load_profiles` of rows with ``_clean`` (their meter-day is clean), ``day``
+    naming the meter-day."""
+    rows = local.filter(pl.col("_clean"))
+    per_day = rows.group_by(day).agg(
+        pl.col("group").first(),
+        pl.col("day_type").first(),
+        *(pl.col(c).sum() for c in CHANNELS),
     )
     level = per_day.group_by("group", "day_type").agg(
         *(pl.col(c).sum().alias(f"_total_{c}") for c in CHANNELS),
@@ -340,47 +365,54 @@ def class_load_profiles(local: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _like_day_values(local: pl.LazyFrame, rules: EstimationRules) -> pl.LazyFrame:
-    """(meter_id, local_date, slot_minute) -> like-day average per channel, for target days."""
-    clean = _clean_days(local).select(
-        "meter_id", pl.col("local_date").alias("_ref_date"), "day_type"
+def _like_day_values(
+    frame: pl.LazyFrame, work: pl.LazyFrame, rules: EstimationRules
+) -> pl.LazyFrame:
+    """(_mid, local_date, slot_minute) -> like-day average per channel, for the target days of
+    ``work``; ``frame`` holds all intervals with ``_clean``."""
+    clean = (
+        frame.filter(pl.col("_clean") & _first_of("_day"))
+        .select("_mid", pl.col("local_date").alias("_ref_date"), "day_type")
+        .unique()
     )
-    targets = local.filter(pl.col("_target")).select("meter_id", "local_date", "day_type").unique()
+    targets = work.filter(pl.col("_target")).select("_mid", "local_date", "day_type").unique()
     distance = (pl.col("_ref_date") - pl.col("local_date")).dt.total_days().abs()
     chosen = (
-        targets.join(clean, on=["meter_id", "day_type"], how="inner")
+        targets.join(clean, on=["_mid", "day_type"], how="inner")
         .with_columns(distance.alias("_dist"))
         .filter(pl.col("_dist") <= rules.like_day_window_days)
-        .sort("meter_id", "local_date", "_dist", "_ref_date")
-        .filter(pl.int_range(pl.len()).over("meter_id", "local_date") < rules.like_days)
-        .select("meter_id", "local_date", "_ref_date")
+        .sort("_mid", "local_date", "_dist", "_ref_date")
+        .filter(pl.int_range(pl.len()).over("_mid", "local_date") < rules.like_days)
+        .select("_mid", "local_date", "_ref_date")
     )
-    reference = local.select(
-        "meter_id",
+    reference = frame.select(
+        "_mid",
         pl.col("local_date").alias("_ref_date"),
         "slot_minute",
         *(pl.col(c) for c in CHANNELS),
     )
     return (
-        chosen.join(reference, on=["meter_id", "_ref_date"], how="inner")
-        .group_by("meter_id", "local_date", "slot_minute")
+        chosen.join(reference, on=["_mid", "_ref_date"], how="inner")
+        .group_by("_mid", "local_date", "slot_minute")
         .agg(pl.col(c).mean().alias(f"_like_{c}") for c in CHANNELS)
     )
 
 
-def _register_windows(frame: pl.LazyFrame, register_totals: pl.LazyFrame) -> pl.LazyFrame:
+def _register_windows(
+    frame: pl.LazyFrame, meter_ids: pl.LazyFrame, register_totals: pl.LazyFrame
+) -> pl.LazyFrame:
     """(_row, _win, _wtotal_<channel>): the earliest explicit window holding each interval."""
-    windows = register_totals.select(
-        pl.col("meter_id").alias("_wmeter"),
+    windows = register_totals.join(meter_ids, on="meter_id", how="inner").select(
+        pl.col("_mid").alias("_wmid"),
         pl.col("window_start").alias("_win"),
         pl.col("window_end").alias("_wend"),
         *(pl.col(c).alias(f"_wtotal_{c}") for c in CHANNELS),
     )
     return (
-        frame.select("_row", "meter_id", "interval_start")
+        frame.select("_row", "_mid", "interval_start")
         .join_where(
             windows,
-            pl.col("meter_id") == pl.col("_wmeter"),
+            pl.col("_mid") == pl.col("_wmid"),
             pl.col("interval_start") >= pl.col("_win"),
             pl.col("interval_start") < pl.col("_wend"),
         )
@@ -446,55 +478,38 @@ def estimate_intervals(
     """
     rules = rules or EstimationRules()
     columns = intervals.collect_schema().names()
-    frame = (
-        intervals.sort(*KEY)
-        .with_columns(pl.col(c).cast(pl.Float64) for c in CHANNELS)
-        .with_row_index("_row")
-        .with_columns(reference_expr().alias("_ref"))
-    )
-    frame = local_slots(frame, meters, rules=rules, holidays=holidays)
-    gap_app = (pl.col("status") == IntervalStatus.ACTUAL.value) & pl.col("flags").list.contains(
-        GAP_APPORTIONED
-    ).fill_null(value=False)
-    step_us = pl.col("interval_minutes").cast(pl.Int64) * 60_000_000
-    contiguous = (
-        pl.col("interval_start").diff().dt.total_microseconds().over("meter_id") == step_us
-    ).fill_null(value=False)
-    frame = frame.with_columns(
-        gap_app.alias("_gapp"),
-        ((pl.col("status") == IntervalStatus.MISSING.value) | gap_app).alias("_target"),
-        contiguous.alias("_contig"),
-    ).with_columns(
-        _run_id("_target").alias("_run"),
-        _run_id("_gapp").alias("_grun"),
-        pl.col(EXPORT).is_not_null().any().over("meter_id").alias("_has_export"),
-    )
+    # All intervals, sorted once; every later step reads this one cached frame. A meter's rows
+    # are consecutive, so "per meter" is a shift guarded by ``_mid`` (an integer meter id) and
+    # a run of rows is a cumulative sum, not a window over string keys.
+    frame = _prepare(intervals, meters, rules, holidays).cache()
+    meter_ids = frame.filter(_first_of("_mid")).select("_mid", "meter_id")
+
+    # Only targets and the intervals of register windows are estimated or bound a remainder:
+    # a few percent of the rows, on which the per-run and per-window work is done.
+    if register_totals is None:
+        work = frame.filter(pl.col("_target")).with_columns(
+            pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("_win"),
+            *(pl.lit(None, dtype=pl.Float64).alias(f"_wtotal_{c}") for c in CHANNELS),
+        )
+    else:
+        windows = _register_windows(frame, meter_ids, register_totals)
+        work = frame.join(windows, on="_row", how="left", maintain_order="left").filter(
+            pl.col("_target") | pl.col("_win").is_not_null()
+        )
+    has_export = frame.group_by("_mid").agg(pl.col(EXPORT).is_not_null().any().alias("_has_export"))
+    work = work.join(has_export, on="_mid", how="left", maintain_order="left")
 
     # 1. linear: the reference neighbours right before and after each run of targets
-    frame = frame.with_columns(
-        *(
-            pl.when(pl.col("_contig"))
-            .then(pl.when(pl.col("_ref")).then(pl.col(c)).shift(1))
-            .over("meter_id")
-            .alias(f"_prev_{c}")
-            for c in CHANNELS
-        ),
-        *(
-            pl.when(pl.col("_contig").shift(-1))
-            .then(pl.when(pl.col("_ref")).then(pl.col(c)).shift(-1))
-            .over("meter_id")
-            .alias(f"_next_{c}")
-            for c in CHANNELS
-        ),
-    )
-    run = ("meter_id", "_run")
-    k = pl.int_range(1, pl.len() + 1).over(run)
-    n = pl.len().over(run)
-    frame = frame.with_columns(
+    k = pl.int_range(1, pl.len() + 1).over("_run")
+    n = pl.len().over("_run")
+    work = work.with_columns(
         *(
             (
-                pl.col(f"_prev_{c}").first().over(run)
-                + (pl.col(f"_next_{c}").last().over(run) - pl.col(f"_prev_{c}").first().over(run))
+                pl.col(f"_prev_{c}").first().over("_run")
+                + (
+                    pl.col(f"_next_{c}").last().over("_run")
+                    - pl.col(f"_prev_{c}").first().over("_run")
+                )
                 * k
                 / (n + 1)
             )
@@ -506,13 +521,13 @@ def estimate_intervals(
     )
 
     # 2. like days
-    like = _like_day_values(frame, rules)
-    frame = frame.join(
-        like, on=["meter_id", "local_date", "slot_minute"], how="left", maintain_order="left"
+    like = _like_day_values(frame, work, rules)
+    work = work.join(
+        like, on=["_mid", "local_date", "slot_minute"], how="left", maintain_order="left"
     ).with_columns(pl.col(f"_like_{c}").clip(lower_bound=0.0) for c in CHANNELS)
 
     # 4. class profiles (computed before scaling, which may use their shape)
-    fleet = class_load_profiles(frame)
+    fleet = _profiles(frame, "_day")
     if class_profiles is None:
         profiles = fleet
     else:
@@ -527,7 +542,7 @@ def estimate_intervals(
             .with_columns(pl.col(d).fill_null(pl.col(f"{d}_fleet")) for d in _DAILY.values())
             .select(PROFILE_SCHEMA.names())
         )
-    frame = frame.join(
+    work = work.join(
         profiles.select(
             "group",
             "day_type",
@@ -541,39 +556,105 @@ def estimate_intervals(
     )
 
     # 3. scaled: the bounded runs and their remainders
-    frame = _bounded(frame, register_totals)
-    frame = _resolve(frame)
-    return frame.sort(*KEY).select(columns)
+    work = _resolve(_bounded(work))
+    new = {c: f"_new_{c}" for c in (*CHANNELS, "status", "flags", "method")}
+    updates = work.filter(pl.col("_filled")).select(
+        "_row", *(pl.col(c).alias(alias) for c, alias in new.items())
+    )
+    updated = pl.col("_new_status").is_not_null()
+    return (
+        frame.join(updates, on="_row", how="left", maintain_order="left")
+        .with_columns(
+            pl.when(updated).then(pl.col(alias)).otherwise(pl.col(c)).alias(c)
+            for c, alias in new.items()
+        )
+        .select(columns)
+    )
+
+
+def _first_of(key: str) -> pl.Expr:
+    """True on the first row of each run of equal ``key`` values."""
+    return (pl.col(key) != pl.col(key).shift(1)).fill_null(value=True)
+
+
+def _prepare(
+    intervals: pl.LazyFrame,
+    meters: pl.DataFrame,
+    rules: EstimationRules,
+    holidays: Collection[dt.date],
+) -> pl.LazyFrame:
+    """All intervals sorted by meter and time, with the row-level columns estimation uses.
+
+    ``_row`` (position), ``_mid`` (meter number), the :func:`local_slots` columns, ``_ref``,
+    ``_gapp``, ``_target``, ``_contig`` (the row follows its meter's previous row by one
+    interval), ``_run`` / ``_grun`` (runs of equal ``_target`` / ``_gapp`` over contiguous
+    rows, numbered over the whole frame), ``_day`` (meter-day key), ``_clean`` (every
+    interval of the meter-day is a reference) and the reference neighbours ``_prev_<c>`` and
+    ``_next_<c>`` [kWh].
+    """
+    meta, zones = _meter_columns(meters, rules)
+    frame = (
+        intervals.sort(*KEY)
+        .with_columns(pl.col(c).cast(pl.Float64) for c in CHANNELS)
+        .with_row_index("_row")
+        .with_columns(
+            pl.col("meter_id").rle_id().alias("_mid"), reference_expr().alias("_ref"), *meta
+        )
+    )
+    frame = _with_local(frame, zones, rules, holidays).drop("_tz")
+    gap_app = (pl.col("status") == IntervalStatus.ACTUAL.value) & pl.col("flags").list.contains(
+        GAP_APPORTIONED
+    ).fill_null(value=False)
+    step_us = pl.col("interval_minutes").cast(pl.Int64) * 60_000_000
+    contiguous = (
+        (pl.col("interval_start").diff().dt.total_microseconds() == step_us) & ~_first_of("_mid")
+    ).fill_null(value=False)
+    frame = frame.with_columns(
+        gap_app.alias("_gapp"),
+        ((pl.col("status") == IntervalStatus.MISSING.value) | gap_app).alias("_target"),
+        contiguous.alias("_contig"),
+        # one integer per meter-day: cheaper to group by than (meter, date)
+        (pl.col("_mid").cast(pl.Int64) * (1 << 32) + pl.col("local_date").cast(pl.Int64)).alias(
+            "_day"
+        ),
+    )
+    return frame.with_columns(
+        _run_id("_target").alias("_run"),
+        _run_id("_gapp").alias("_grun"),
+        pl.col("_ref").all().over("_day").alias("_clean"),
+        *(
+            pl.when(pl.col("_contig"))
+            .then(pl.when(pl.col("_ref")).then(pl.col(c)).shift(1))
+            .alias(f"_prev_{c}")
+            for c in CHANNELS
+        ),
+        *(
+            pl.when(pl.col("_contig").shift(-1))
+            .then(pl.when(pl.col("_ref")).then(pl.col(c)).shift(-1))
+            .alias(f"_next_{c}")
+            for c in CHANNELS
+        ),
+    )
 
 
 def _run_id(flag: str) -> pl.Expr:
-    """Numbers the runs of consecutive, contiguous rows with equal ``flag`` per meter."""
+    """Numbers the runs of consecutive, contiguous rows with equal ``flag`` (rows sorted by
+    meter and time; a meter's first row starts a run)."""
     change = (pl.col(flag) != pl.col(flag).shift(1)) | ~pl.col("_contig")
-    return change.fill_null(value=True).cum_sum().over("meter_id")
+    return change.fill_null(value=True).cum_sum()
 
 
-def _bounded(frame: pl.LazyFrame, register_totals: pl.LazyFrame | None) -> pl.LazyFrame:
-    """Add ``_bkey`` (the bounded run of a target, null if none) and per channel its
-    ``_rem_<c>`` (register total less the known intervals [kWh]) and ``_shape_<c>`` /
-    ``_shape_m_<c>`` (the shape and the method that made it)."""
-    if register_totals is None:
-        frame = frame.with_columns(
-            pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("_win"),
-            *(pl.lit(None, dtype=pl.Float64).alias(f"_wtotal_{c}") for c in CHANNELS),
-        )
-    else:
-        frame = frame.join(
-            _register_windows(frame, register_totals), on="_row", how="left", maintain_order="left"
-        )
+def _bounded(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Add ``_bounded`` (the target lies in a bounded run), per channel its ``_rem_<c>``
+    (register total less the known intervals [kWh]) and ``_shape_<c>`` / ``_shape_m_<c>``
+    (the shape and the method that made it)."""
     in_window = pl.col("_win").is_not_null()
-    bkey = (
-        pl.when(in_window)
-        .then(pl.concat_str(pl.lit("w"), pl.col("_win").dt.epoch("us").cast(pl.String)))
-        .when(pl.col("_gapp"))
-        .then(pl.concat_str(pl.lit("g"), pl.col("_grun").cast(pl.String)))
+    # a bounded run: the window, else the run of gap-apportioned intervals
+    frame = frame.with_columns(
+        (in_window | pl.col("_gapp")).alias("_bounded"),
+        pl.when(~in_window & pl.col("_gapp")).then(pl.col("_grun")).alias("_gkey"),
     )
-    frame = frame.with_columns(bkey.alias("_bkey"))
-    grp = ("meter_id", "_bkey")
+    grp = ("_mid", "_win", "_gkey")
     target = pl.col("_target")
     exprs: list[pl.Expr] = []
     for c in CHANNELS:
@@ -584,10 +665,10 @@ def _bounded(frame: pl.LazyFrame, register_totals: pl.LazyFrame | None) -> pl.La
         gap_rem = pl.when(target).then(pl.col(c)).sum().over(grp)
         gap_rem = pl.when(pl.col(c).is_null().any().over(grp)).then(None).otherwise(gap_rem)
         rem = pl.when(in_window).then(window_rem).otherwise(gap_rem)
-        exprs.append(pl.when(pl.col("_bkey").is_not_null()).then(rem).alias(f"_rem_{c}"))
+        exprs.append(pl.when(pl.col("_bounded")).then(rem).alias(f"_rem_{c}"))
     frame = frame.with_columns(exprs)
 
-    tgrp = ("meter_id", "_bkey", "_target")
+    tgrp = (*grp, "_target")
     shapes: list[pl.Expr] = []
     for c in CHANNELS:
         lin, like, share = pl.col(f"_lin_{c}"), pl.col(f"_like_{c}"), pl.col(f"_share_{c}")
@@ -623,7 +704,7 @@ def _bounded(frame: pl.LazyFrame, register_totals: pl.LazyFrame | None) -> pl.La
         total = shape.sum().over(tgrp)
         rem = pl.col(f"_rem_{c}")
         scaled = pl.when(total > 0).then(shape / total * rem).otherwise(rem / pl.len().over(tgrp))
-        ok = pl.col("_bkey").is_not_null() & target & rem.is_not_null() & (rem >= 0)
+        ok = pl.col("_bounded") & target & rem.is_not_null() & (rem >= 0)
         values.append(pl.when(ok).then(scaled).alias(f"_scaled_{c}"))
     return frame.with_columns(values)
 
@@ -693,6 +774,7 @@ def _resolve(frame: pl.LazyFrame) -> pl.LazyFrame:
         return pl.coalesce(pl.col(f"_est_{c}"), pl.when(pl.col("_gapp")).then(keep))
 
     return frame.with_columns(
+        filled.alias("_filled"),
         *(pl.when(filled).then(energy(c)).otherwise(pl.col(c)).alias(c) for c in CHANNELS),
         pl.when(filled)
         .then(pl.lit(IntervalStatus.ESTIMATED.value))

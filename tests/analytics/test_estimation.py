@@ -97,7 +97,7 @@ def days_of(
 def test_rules_validate() -> None:
     with pytest.raises(ConfigError, match="like_days"):
         EstimationRules(like_days=0)
-    with pytest.raises(ConfigError, match="timezone"):
+    with pytest.raises(ConfigError, match="IANA time zone"):
         EstimationRules(default_timezone="Mars/Olympus")
 
 
@@ -338,6 +338,30 @@ def test_class_load_profiles_shares_sum_to_one() -> None:
     profiles = class_load_profiles(local_slots(frame.lazy(), SHANGHAI)).collect()
     assert profiles["share_import"].sum() == pytest.approx(1.0)
     assert profiles["daily_import_kwh"].unique().to_list() == [276.0]
+
+
+def test_local_slots_match_per_row_local_time_in_mixed_zones() -> None:
+    # local fields are computed once per instant and zone: they must equal the per-row ones,
+    # across Berlin's autumn DST change and for a meter missing from the meter table
+    from meterlake.analytics.localtime import local_time
+
+    mixed = meters(("m1", "Europe/Berlin", "res"), ("m2", "Asia/Shanghai", "shop"))
+    start = dt.datetime(2026, 10, 24, 20, tzinfo=UTC)
+    rows = pl.concat(series(m, start, [1.0] * 12) for m in ("m1", "m2", "m3"))
+    got = local_slots(rows.lazy(), mixed).collect()
+    tz = pl.col("meter_id").replace_strict(
+        {"m1": "Europe/Berlin", "m2": "Asia/Shanghai", "m3": "Asia/Shanghai"}
+    )
+    local = local_time(pl.col("interval_start"), tz, ["Europe/Berlin", "Asia/Shanghai"])
+    want = rows.select(
+        local.dt.date().alias("local_date"),
+        (local.dt.hour().cast(pl.Int32) * 60 + local.dt.minute().cast(pl.Int32)).alias(
+            "slot_minute"
+        ),
+    )
+    assert got.select("local_date", "slot_minute").equals(want)
+    assert got["group"].to_list() == ["res"] * 12 + ["shop"] * 12 + [None] * 12
+    assert got.columns == [*SCHEMA.names(), "local_date", "slot_minute", "day_type", "group"]
 
 
 # --- properties -------------------------------------------------------------------------------
