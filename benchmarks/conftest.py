@@ -84,3 +84,61 @@ def timer() -> Callable[[Callable[[], object]], float]:
 def table_printer() -> Callable[[str, tuple[str, ...], list[tuple[str, ...]]], None]:
     """:func:`print_table`, as a fixture."""
     return print_table
+
+
+GIB: Final = 1 << 30
+FLOOR_HEADER: Final = ("step", "seconds", "reads/s", "x floor", "peak RSS GiB")
+"""Columns of a report that sets steps against a floor (:func:`floor_rows`)."""
+
+
+def floor_rows(
+    reads: int, seconds: dict[str, float], floor: str, peaks: dict[str, int]
+) -> list[tuple[str, ...]]:
+    """One report row per step: its time, reads/s, ratio to step ``floor`` and peak memory."""
+    return [
+        (
+            name,
+            f"{seconds[name]:.2f}",
+            f"{reads / seconds[name]:,.0f}",
+            f"{seconds[name] / seconds[floor]:.1f}x",
+            f"{peaks[name] / GIB:.2f}",
+        )
+        for name in seconds
+    ]
+
+
+def verdict(ratio: float, peak: int, goal_ratio: float, goal_peak: int) -> str:
+    """Whether a measured ratio to the floor and peak memory [bytes] meet their goals."""
+    ratio_ok = "met" if ratio <= goal_ratio else "missed"
+    peak_ok = "met" if peak < goal_peak else "missed"
+    return (
+        f"goal {goal_ratio:.0f}x the floor: {ratio_ok} ({ratio:.1f}x); goal peak < "
+        f"{goal_peak / GIB:.0f} GiB: {peak_ok} ({peak / GIB:.2f} GiB)"
+    )
+
+
+@pytest.fixture(scope="session")
+def floor_table() -> Callable[..., None]:
+    """Print a report of steps against the step named ``floor`` (:func:`floor_rows`), its
+    title ending in the :func:`verdict` on the goals at full scale."""
+
+    def show(
+        title: str,
+        reads: int,
+        seconds: dict[str, float],
+        peaks: dict[str, int],
+        *,
+        goal_ratio: float,
+        goal_peak: int,
+        ratio: float,
+        peak: int,
+        strict: bool,
+    ) -> None:
+        goals = (
+            verdict(ratio, peak, goal_ratio, goal_peak)
+            if strict
+            else "the goals apply at full scale"
+        )
+        print_table(f"{title}; {goals}", FLOOR_HEADER, floor_rows(reads, seconds, "floor", peaks))
+
+    return show

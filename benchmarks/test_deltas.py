@@ -126,7 +126,7 @@ def best_time(run: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def test_register_intervals_against_the_floor(
-    scale: Scale, table_printer: Any, tmp_path: Path
+    scale: Scale, floor_table: Any, tmp_path: Path
 ) -> None:
     fleet = FLEETS[scale.name]
     reads = fleet_reads(fleet)
@@ -171,29 +171,19 @@ def test_register_intervals_against_the_floor(
     ratio = min(seconds["all at once"], seconds["meter shards"]) / floor_s
     peak = min(peaks["all at once"], peaks["meter shards"])
     registers = reads.select("meter_id", "quantity").n_unique()
-    goals = (
-        f"goal {GOAL_RATIO:.0f}x the floor: {'met' if ratio <= GOAL_RATIO else 'missed'} "
-        f"({ratio:.1f}x); goal peak < 8 GiB: "
-        f"{'met' if peak < GOAL_PEAK_BYTES else 'missed'} ({peak / GIB:.2f} GiB)"
-        if scale.strict
-        else "the goals apply at full scale"
-    )
-    table_printer(
+    floor_table(
         f"register reads -> intervals: {reads.height:,} reads of {registers:,} registers "
         f"({fleet.meters:,} meters x {fleet.days} days, shards of {fleet.shard_meters:,} "
         f"meters, scale {scale.name}, best of {scale.repeats}, {os.cpu_count()} cores, "
-        f"in-memory engine); {goals}",
-        ("step", "seconds", "reads/s", "x floor", "peak RSS GiB"),
-        [
-            (
-                name,
-                f"{seconds[name]:.2f}",
-                f"{reads.height / seconds[name]:,.0f}",
-                f"{seconds[name] / floor_s:.1f}x",
-                f"{peaks[name] / GIB:.2f}",
-            )
-            for name in steps
-        ],
+        "in-memory engine)",
+        reads.height,
+        seconds,
+        peaks,
+        goal_ratio=GOAL_RATIO,
+        goal_peak=GOAL_PEAK_BYTES,
+        ratio=ratio,
+        peak=peak,
+        strict=scale.strict,
     )
     if scale.strict:
         assert peak < GOAL_PEAK_BYTES

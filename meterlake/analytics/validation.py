@@ -126,6 +126,46 @@ _US_PER_MINUTE: Final = 60_000_000
 _ONE_US: Final = dt.timedelta(microseconds=1)
 
 
+_RULE_OF: Final = {
+    VeeFlag.INTERVAL_COUNT: "interval_count",
+    VeeFlag.GAP: "gap",
+    VeeFlag.DUPLICATE: "duplicate",
+    VeeFlag.SPIKE: "spike",
+    VeeFlag.HIGH_USAGE: "usage",
+    VeeFlag.LOW_USAGE: "usage",
+    VeeFlag.ZERO_RUN: "zero_run",
+    VeeFlag.NEGATIVE: "negative",
+    VeeFlag.SUM_CHECK: "sum_check",
+    VeeFlag.OVER_MAX_POWER: "max_power",
+    VeeFlag.PROLONGED_ESTIMATION: "prolonged_estimation",
+}
+"""The ``[vee]`` table of each flag's rule."""
+
+_BIT: Final = {flag: 1 << i for i, flag in enumerate(sorted(VeeFlag, key=lambda f: f.value))}
+"""One bit per flag, in the flags' sort order: a row's rule results are one integer."""
+
+_FLAG_LISTS: Final = pl.Series(
+    [sorted(f.value for f, bit in _BIT.items() if mask & bit) for mask in range(1 << len(_BIT))],
+    dtype=SCHEMA["flags"],
+)
+"""The sorted flag names of every bit mask, looked up by mask."""
+
+_SUSPECT: Final = (
+    VeeFlag.SPIKE,
+    VeeFlag.HIGH_USAGE,
+    VeeFlag.LOW_USAGE,
+    VeeFlag.ZERO_RUN,
+    VeeFlag.NEGATIVE,
+    VeeFlag.SUM_CHECK,
+    VeeFlag.OVER_MAX_POWER,
+)
+"""The rules whose ``suspect`` setting turns a flagged ``actual`` interval ``suspect``
+(``duplicate`` has ``suspect_on_conflict``; the others never do)."""
+
+_ALWAYS: Final = (VeeFlag.DUPLICATE, VeeFlag.GAP)
+"""Flags whose row columns every plan has (false where the rule did not run)."""
+
+
 # ----------------------------------------------------------------------------------------------
 # Entry point
 
@@ -163,24 +203,16 @@ def validate(
     ConfigError
         A meter's ``timezone`` is not an IANA time zone (raised when the plan is built).
     """
-    frame, zones = _prepare(intervals, meters, config)
-    frame = _duplicates(frame)
-    frame = _gaps(frame, zones)
-    frame = _interval_count(frame)
-    frame = _spikes(frame)
-    if history is not None:
-        frame = _usage(frame, history)
-    frame = _zero_runs(frame)
-    frame = _negative(frame)
+    rules = set(VeeFlag) - {VeeFlag.SUM_CHECK, VeeFlag.HIGH_USAGE, VeeFlag.LOW_USAGE}
     if reads is not None:
-        frame = _sum_check(frame, reads)
-    frame = _over_max_power(frame)
-    frame = _prolonged_estimation(frame)
-    return _finish(frame)
+        rules.add(VeeFlag.SUM_CHECK)
+    if history is not None:
+        rules |= {VeeFlag.HIGH_USAGE, VeeFlag.LOW_USAGE}
+    return _validate(intervals, meters, config, rules, reads=reads, history=history)
 
 
 # ----------------------------------------------------------------------------------------------
-# One public function per rule (each usable alone; validate() composes the private cores)
+# One public function per rule (each usable alone; validate() runs them all in one plan)
 
 
 def flag_duplicates(
@@ -202,8 +234,7 @@ def flag_duplicates(
     ...     "energy_import_kwh", "status", "flags").row(0)
     (0.3, 'suspect', ['duplicate'])
     """
-    frame, _ = _prepare(intervals, meters, config)
-    return _finish(_duplicates(frame))
+    return _validate(intervals, meters, config, {VeeFlag.DUPLICATE})
 
 
 def materialise_gaps(
@@ -214,8 +245,7 @@ def materialise_gaps(
     The grid of a meter runs on its interval length from local midnight of its first day to
     local midnight after its last day in ``intervals``.
     """
-    frame, zones = _prepare(intervals, meters, config)
-    return _finish(_gaps(frame, zones))
+    return _validate(intervals, meters, config, {VeeFlag.GAP})
 
 
 def flag_interval_count(
@@ -223,8 +253,7 @@ def flag_interval_count(
 ) -> pl.LazyFrame:
     """Flag ``interval_count`` on the intervals of each local day whose count of non-missing
     intervals differs from the day's length / interval length (DST days: 23 h or 25 h)."""
-    frame, _ = _prepare(intervals, meters, config)
-    return _finish(_interval_count(frame))
+    return _validate(intervals, meters, config, {VeeFlag.INTERVAL_COUNT})
 
 
 def flag_spikes(
@@ -233,8 +262,7 @@ def flag_spikes(
     """Flag ``spike`` on the highest interval of a local day (import or export) when it is at
     least ``spike.min_peak_kwh`` [kWh] and more than ``spike.ratio`` times the day's
     third-highest interval."""
-    frame, _ = _prepare(intervals, meters, config)
-    return _finish(_spikes(frame))
+    return _validate(intervals, meters, config, {VeeFlag.SPIKE})
 
 
 def flag_usage(
@@ -247,8 +275,8 @@ def flag_usage(
     ``usage.high_multiple`` or (complete days only) below ``usage.low_multiple`` times the
     meter's average daily use in ``history`` (same weekday/weekend type when it has
     ``usage.min_history_days`` such days, else all days; fewer days in all: not judged)."""
-    frame, _ = _prepare(intervals, meters, config)
-    return _finish(_usage(frame, history))
+    rules = {VeeFlag.HIGH_USAGE, VeeFlag.LOW_USAGE}
+    return _validate(intervals, meters, config, rules, history=history)
 
 
 def flag_zero_runs(
@@ -256,8 +284,7 @@ def flag_zero_runs(
 ) -> pl.LazyFrame:
     """Flag ``zero_run`` on contiguous runs of zero import (export zero or null) longer than
     ``zero_run.max_hours`` [h]; a missing interval ends a run."""
-    frame, _ = _prepare(intervals, meters, config)
-    return _finish(_zero_runs(frame))
+    return _validate(intervals, meters, config, {VeeFlag.ZERO_RUN})
 
 
 def flag_negative(
@@ -265,8 +292,7 @@ def flag_negative(
 ) -> pl.LazyFrame:
     """Flag ``negative`` on negative import or export [kWh], and on any export of an
     ``import_only`` meter (reverse energy)."""
-    frame, _ = _prepare(intervals, meters, config)
-    return _finish(_negative(frame))
+    return _validate(intervals, meters, config, {VeeFlag.NEGATIVE})
 
 
 def flag_sum_check(
@@ -283,8 +309,7 @@ def flag_sum_check(
     apportionment, as the register deltas make them). A span not covered by intervals, or with a
     missing interval in it, is not judged.
     """
-    frame, _ = _prepare(intervals, meters, config)
-    return _finish(_sum_check(frame, reads))
+    return _validate(intervals, meters, config, {VeeFlag.SUM_CHECK}, reads=reads)
 
 
 def flag_over_max_power(
@@ -292,8 +317,7 @@ def flag_over_max_power(
 ) -> pl.LazyFrame:
     """Flag ``over_max_power`` where import or export / interval length [kW] exceeds the meter's
     ``max_power_kw`` times ``max_power.safety_factor``."""
-    frame, _ = _prepare(intervals, meters, config)
-    return _finish(_over_max_power(frame))
+    return _validate(intervals, meters, config, {VeeFlag.OVER_MAX_POWER})
 
 
 def flag_prolonged_estimation(
@@ -301,12 +325,211 @@ def flag_prolonged_estimation(
 ) -> pl.LazyFrame:
     """Flag ``prolonged_estimation`` on contiguous runs of ``estimated`` intervals longer than
     ``prolonged_estimation.max_hours`` [h]."""
-    frame, _ = _prepare(intervals, meters, config)
-    return _finish(_prolonged_estimation(frame))
+    return _validate(intervals, meters, config, {VeeFlag.PROLONGED_ESTIMATION})
 
 
 # ----------------------------------------------------------------------------------------------
-# Preparation: normalise, attach each meter's attributes and rule parameters, local days
+# The plan
+#
+# One pass over the rows sorted by meter and interval_start. Each rule yields one boolean per row;
+# the flags and the status are built once at the end from a bit mask of them. Two things keep it
+# fast: per-meter and per-day values are computed on small tables and looked up by integer ids
+# (``_mid`` per meter, ``_gid`` per local day, both runs of the sorted rows) with joins of the id
+# column alone (:func:`_attach`), so the wide frame is never copied by a join; and the input's
+# ``flags`` list column stays out of the pass (looked up by the input row number ``_j`` where a
+# row has any).
+
+
+def _validate(
+    intervals: pl.LazyFrame,
+    meters: pl.LazyFrame | pl.DataFrame,
+    config: VeeSettings,
+    rules: set[VeeFlag],
+    *,
+    reads: pl.LazyFrame | None = None,
+    history: pl.LazyFrame | None = None,
+) -> pl.LazyFrame:
+    """Run ``rules`` (``HIGH_USAGE``/``LOW_USAGE`` stand for the usage rule) in one plan."""
+    meter_table, zones = _meter_table(meters, config)
+    source = (
+        intervals.select(pl.col(c).cast(SCHEMA[c]) for c in COLUMNS)
+        .with_columns(pl.col("flags").fill_null(pl.lit([], dtype=SCHEMA["flags"])))
+        .with_row_index("_j")
+        .with_columns((pl.col("flags").list.len() > 0).alias("_given"))
+        .cache()
+    )
+    # Only copies of one (meter, interval) tie on the first two keys. Where every meter drops
+    # its copies, the kept copy is chosen among the copies alone; where a group keeps them, all
+    # rows are sorted by the full keep order as the copies stay in the output in that order.
+    dedupe = VeeFlag.DUPLICATE in rules
+    keeps_copies = not all(
+        r.duplicate.enabled for r in (config.rules_for(None), *config.groups.values())
+    )
+    if dedupe and not keeps_copies:
+        frame = source.drop("flags").sort(_KEY, nulls_last=True, maintain_order=True)
+    else:
+        frame = _keep_order_sort(source).drop("flags")
+    frame = frame.with_columns(_first(pl.col("meter_id")).alias("_first"))
+    frame = frame.with_columns(
+        (pl.col("_first").cum_sum() - 1).alias("_mid"),
+    ).with_columns(pl.col("interval_minutes").min().over("_mid").alias("_step"))
+    if dedupe:
+        frame = _duplicates(frame.cache(), source, meter_table)
+    else:
+        frame = frame.with_columns(
+            pl.lit(value=False).alias("_dup"), pl.lit(value=False).alias("_dup_suspect")
+        )
+    frame = frame.cache()
+    per_meter = _per_meter(frame, meter_table).cache()
+    # the time zone first, the rest after the gap rows are in (fewer columns to move)
+    frame = _attach(frame, per_meter.select("_mid", "_tz", "_gap_on"), "_mid")
+    frame = frame.with_columns(
+        local_date(pl.col("interval_start"), pl.col("_tz"), zones).alias("_day")
+    )
+    if VeeFlag.GAP in rules:
+        frame = _gaps(frame, zones)
+    else:
+        frame = frame.with_columns(pl.lit(value=False).alias("_gap"))
+    frame = _attach(frame.drop("_gap_on").cache(), per_meter.drop("_tz", "_gap_on"), "_mid")
+    frame = frame.with_columns(pl.col("_import_only").fill_null(value=False))
+    frame = frame.with_columns(_first(pl.col("_mid")).alias("_first"))
+    frame = frame.with_columns(
+        ((pl.col("_first") | pl.col("_day").ne_missing(pl.col("_day").shift(1))).cum_sum()).alias(
+            "_gid"
+        )
+    )
+
+    frame = frame.cache()
+    frame = _attach(frame, _day_results(frame, meter_table, zones, rules, history), "_gid")
+    hits = _row_hits(rules)
+    if VeeFlag.SUM_CHECK in rules and reads is not None:
+        frame = _sum_check(frame.cache(), reads)
+        hits[VeeFlag.SUM_CHECK] = pl.col("_sum_check")
+    mask = pl.sum_horizontal(
+        pl.when(hit.fill_null(value=False)).then(pl.lit(_BIT[f], pl.Int64)).otherwise(0)
+        for f, hit in hits.items()
+    )
+    frame = frame.with_columns(mask.alias("_mask"))
+    return _finish(frame, source)
+
+
+def _row_hits(rules: set[VeeFlag]) -> dict[VeeFlag, pl.Expr]:
+    """Each rule's condition on a row of the prepared frame (the sum check is joined in)."""
+    hits: dict[VeeFlag, pl.Expr] = {
+        VeeFlag.DUPLICATE: pl.col("_dup"),
+        VeeFlag.GAP: pl.col("_gap"),
+    }
+    for flag in (VeeFlag.INTERVAL_COUNT, VeeFlag.HIGH_USAGE, VeeFlag.LOW_USAGE):
+        hits[flag] = (pl.col("_day_mask") & _BIT[flag]) != 0
+    # a day's top value is null unless the interval(s) holding it are spikes
+    hits[VeeFlag.SPIKE] = (pl.col(_IMPORT) == pl.col("_import_top")).fill_null(value=False) | (
+        pl.col(_EXPORT) == pl.col("_export_top")
+    ).fill_null(value=False)
+    zero = (pl.col(_IMPORT) == 0) & (pl.col(_EXPORT).is_null() | (pl.col(_EXPORT) == 0))
+    hits[VeeFlag.ZERO_RUN] = _run_hours(zero) > pl.col("_zero_max_h")
+    hits[VeeFlag.NEGATIVE] = _negative()
+    hits[VeeFlag.OVER_MAX_POWER] = _over_max_power()
+    estimated = pl.col("status") == IntervalStatus.ESTIMATED.value
+    hits[VeeFlag.PROLONGED_ESTIMATION] = _run_hours(estimated) > pl.col("_estimated_max_h")
+    return {flag: hit for flag, hit in hits.items() if flag in rules or flag in _ALWAYS}
+
+
+def _first(key: pl.Expr) -> pl.Expr:
+    """The first row of each run of equal ``key`` values (null equals null)."""
+    return (pl.int_range(pl.len()) == 0) | key.ne_missing(key.shift(1))
+
+
+def _attach(frame: pl.LazyFrame, table: pl.LazyFrame, on: str) -> pl.LazyFrame:
+    """``frame`` with the other columns of ``table`` (unique on ``on``) looked up by ``on``.
+
+    Only the key column goes through the join, and the result is put beside ``frame``: a left
+    join of the whole frame would copy every column of it.
+    """
+    looked_up = frame.select(on).join(table, on=on, how="left", maintain_order="left")
+    return _attach_rows(frame, looked_up.drop(on))
+
+
+def _attach_rows(frame: pl.LazyFrame, columns: pl.LazyFrame) -> pl.LazyFrame:
+    """``frame`` with ``columns``, computed from ``frame`` row for row, beside it."""
+    return pl.concat([frame, columns], how="horizontal")
+
+
+def _keep_order_sort(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Sorted by meter, interval_start, then the copies of one interval by :data:`KEEP_ORDER`."""
+    return frame.sort(
+        "meter_id",
+        "interval_start",
+        _status_rank(),
+        _IMPORT,
+        _EXPORT,
+        "method",
+        "interval_minutes",
+        pl.col("flags").list.join(","),
+        descending=[False, False, False, True, True, False, False, False],
+        nulls_last=True,
+        maintain_order=True,
+    )
+
+
+def _status_rank() -> pl.Expr:
+    ranks = {status.value: i for i, status in enumerate(KEEP_ORDER)}
+    return pl.col("status").replace_strict(ranks, default=len(KEEP_ORDER), return_dtype=pl.Int32)
+
+
+def _finish(frame: pl.LazyFrame, source: pl.LazyFrame) -> pl.LazyFrame:
+    """The output columns: flags from the bit mask and the input flags, suspect status."""
+    names = pl.lit(_FLAG_LISTS).gather(pl.col("_mask"))
+    suspect_bits = pl.col("_mask") & pl.col("_suspect_mask").fill_null(0)
+    status = (
+        pl.when(
+            (pl.col("status") == IntervalStatus.ACTUAL.value)
+            & ((suspect_bits != 0) | pl.col("_dup_suspect"))
+        )
+        .then(pl.lit(IntervalStatus.SUSPECT.value))
+        .otherwise(pl.col("status"))
+    )
+    frame = frame.with_columns(names.alias("flags"), status.alias("status"))
+    # The few rows that came with flags of their own: the union, de-duplicated and sorted.
+    frame = frame.with_row_index("_r").cache()
+    merged = (
+        frame.filter(pl.col("_given"))
+        .select("_r", "_j", "flags")
+        .join(source.filter(pl.col("_given")).select("_j", pl.col("flags").alias("_in")), on="_j")
+        .select("_r", pl.concat_list("_in", "flags").list.unique().list.sort().alias("_merged"))
+    )
+    return _attach(frame, merged, "_r").select(
+        pl.coalesce("_merged", "flags").cast(SCHEMA["flags"]).alias("flags")
+        if c == "flags"
+        else pl.col(c).cast(SCHEMA[c])
+        for c in COLUMNS
+    )
+
+
+def _end() -> pl.Expr:
+    return pl.col("interval_start") + pl.duration(minutes=pl.col("interval_minutes"))
+
+
+def _run_hours(condition: pl.Expr) -> pl.Expr:
+    """Length [h] of the contiguous run of ``condition`` each row belongs to (0 outside runs).
+
+    Rows must be sorted by meter (``_first`` marks a meter's first row) and ``interval_start``;
+    a break in time ends a run. A run's length is the difference of a cumulative sum of minutes
+    at its ends, exact in integers.
+    """
+    cond = condition.fill_null(value=False)
+    new_run = (
+        pl.col("_first") | (cond != cond.shift(1)) | (pl.col("interval_start") != _end().shift(1))
+    ).fill_null(value=True)
+    minutes = pl.col("interval_minutes").cast(pl.Int64).fill_null(0)
+    total = minutes.cum_sum()
+    before = pl.when(new_run).then(total - minutes).forward_fill()
+    through = pl.when(new_run.shift(-1).fill_null(value=True)).then(total).backward_fill()
+    hours = (through - before).cast(pl.Float64) / 60.0
+    return pl.when(cond).then(hours).otherwise(0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Meters: attributes and rule parameters
 
 
 def _flatten(rules: VeeRules) -> dict[str, Any]:
@@ -354,21 +577,11 @@ def _zones(meters: pl.LazyFrame) -> list[str]:
         raise ConfigError(f"meters: {exc}") from exc
 
 
-def _with_days(frame: pl.LazyFrame, zones: Sequence[str]) -> pl.LazyFrame:
-    """Add ``_day`` (local date), ``_day_start``/``_day_end`` (UTC) and ``_day_minutes``."""
-    tz = pl.col("_tz")
-    frame = frame.with_columns(local_date(pl.col("interval_start"), tz, zones).alias("_day"))
-    return frame.with_columns(
-        local_midnight(pl.col("_day"), tz, zones).alias("_day_start"),
-        local_midnight(pl.col("_day") + dt.timedelta(days=1), tz, zones).alias("_day_end"),
-    ).with_columns(
-        ((pl.col("_day_end") - pl.col("_day_start")).dt.total_minutes()).alias("_day_minutes")
-    )
-
-
-def _prepare(
-    intervals: pl.LazyFrame, meters: pl.LazyFrame | pl.DataFrame, config: VeeSettings
+def _meter_table(
+    meters: pl.LazyFrame | pl.DataFrame, config: VeeSettings
 ) -> tuple[pl.LazyFrame, list[str]]:
+    """One row per meter id: ``_tz``, ``_import_only``, ``_max_power_kw`` and the parameters of
+    the meter's group; and the checked time zones."""
     meters = meters.lazy()
     names = meters.collect_schema().names()
     meters = meters.select(
@@ -384,183 +597,251 @@ def _prepare(
         .alias("_max_power_kw"),
     ).unique(subset="meter_id", keep="first", maintain_order=True)
     zones = _zones(meters.rename({"_tz": "timezone"}))
-    params = _meter_params(meters, config)
-    frame = (
-        intervals.select(pl.col(c).cast(SCHEMA[c]) for c in COLUMNS)
-        .with_columns(pl.col("flags").fill_null(pl.lit([], dtype=SCHEMA["flags"])))
-        .join(params, on="meter_id", how="left")
-        .with_columns(
+    return _meter_params(meters, config), zones
+
+
+def _per_meter(frame: pl.LazyFrame, meter_table: pl.LazyFrame) -> pl.LazyFrame:
+    """Per ``_mid``: what the row rules need of the meter. A meter absent from ``meters`` gets
+    nulls: like a disabled rule, a null parameter flags nothing."""
+    enabled = {
+        rule: _param(rule, "enabled") for rule in ("max_power", "zero_run", "prolonged_estimation")
+    }
+    suspect_mask = pl.sum_horizontal(
+        pl.when(_param(_RULE_OF[f], "suspect")).then(pl.lit(_BIT[f], pl.Int64)).otherwise(0)
+        for f in _SUSPECT
+    )
+    return (
+        frame.filter(pl.col("_first"))
+        .select("_mid", "meter_id")
+        .join(meter_table, on="meter_id", how="left", maintain_order="left")
+        .select(
+            "_mid",
             pl.col("_tz").fill_null("UTC"),
-            pl.col("_import_only").fill_null(value=False),
-            pl.col("interval_minutes").min().over("meter_id").alias("_step"),
+            "_import_only",
+            _param("gap", "enabled").alias("_gap_on"),
+            _param("negative", "enabled").alias("_negative_on"),
+            pl.when(enabled["max_power"])
+            .then(pl.col("_max_power_kw") * _param("max_power", "safety_factor"))
+            .alias("_max_power_limit"),
+            pl.when(enabled["zero_run"]).then(_param("zero_run", "max_hours")).alias("_zero_max_h"),
+            pl.when(enabled["prolonged_estimation"])
+            .then(_param("prolonged_estimation", "max_hours"))
+            .alias("_estimated_max_h"),
+            _param("sum_check", "enabled").alias("_sum_check_on"),
+            _param("sum_check", "tolerance_pct").alias("_sum_check_pct"),
+            _param("sum_check", "tolerance_kwh").alias("_sum_check_kwh"),
+            suspect_mask.alias("_suspect_mask"),
         )
     )
-    frame = _with_days(frame, zones)
-    return _sorted(frame), zones
-
-
-def _sorted(frame: pl.LazyFrame) -> pl.LazyFrame:
-    return frame.sort(
-        "meter_id",
-        "interval_start",
-        _status_rank(),
-        _IMPORT,
-        _EXPORT,
-        "method",
-        "interval_minutes",
-        pl.col("flags").list.join(","),
-        descending=[False, False, False, True, True, False, False, False],
-        nulls_last=True,
-    )
-
-
-def _status_rank() -> pl.Expr:
-    ranks = {status.value: i for i, status in enumerate(KEEP_ORDER)}
-    return pl.col("status").replace_strict(ranks, default=len(KEEP_ORDER), return_dtype=pl.Int32)
-
-
-def _mark(frame: pl.LazyFrame, condition: pl.Expr, flag: VeeFlag, suspect: pl.Expr) -> pl.LazyFrame:
-    """Add ``flag`` where ``condition``; turn ``actual`` into ``suspect`` where also ``suspect``."""
-    hit = condition.fill_null(value=False)
-    return (
-        frame.with_columns(hit.alias("_hit"))
-        .with_columns(
-            pl.when(pl.col("_hit"))
-            .then(pl.concat_list(pl.col("flags"), pl.lit(flag.value)))
-            .otherwise(pl.col("flags"))
-            .alias("flags"),
-            pl.when(pl.col("_hit") & suspect & (pl.col("status") == IntervalStatus.ACTUAL.value))
-            .then(pl.lit(IntervalStatus.SUSPECT.value))
-            .otherwise(pl.col("status"))
-            .alias("status"),
-        )
-        .drop("_hit")
-    )
-
-
-def _finish(frame: pl.LazyFrame) -> pl.LazyFrame:
-    return (
-        frame.with_columns(pl.col("flags").list.unique().list.sort())
-        .select(pl.col(c).cast(SCHEMA[c]) for c in COLUMNS)
-        .sort(_KEY)
-    )
-
-
-def _end() -> pl.Expr:
-    return pl.col("interval_start") + pl.duration(minutes=pl.col("interval_minutes"))
-
-
-def _run_hours(condition: pl.Expr) -> pl.Expr:
-    """Length [h] of the contiguous run of ``condition`` each row belongs to (0 outside runs).
-
-    Rows must be sorted by meter and ``interval_start``; a break in time ends a run.
-    """
-    cond = condition.fill_null(value=False)
-    prev_end = _end().shift(1).over("meter_id")
-    new_run = (cond != cond.shift(1).over("meter_id")) | (pl.col("interval_start") != prev_end)
-    run = new_run.fill_null(value=True).cum_sum().over("meter_id")
-    hours = pl.col("interval_minutes").cast(pl.Float64).sum().over("meter_id", run) / 60.0
-    return pl.when(cond).then(hours).otherwise(0.0)
 
 
 # ----------------------------------------------------------------------------------------------
-# The rules' cores (on a prepared, sorted frame)
+# The rules' cores
 
 
-def _duplicates(frame: pl.LazyFrame) -> pl.LazyFrame:
+def _duplicates(
+    frame: pl.LazyFrame, source: pl.LazyFrame, meter_table: pl.LazyFrame
+) -> pl.LazyFrame:
+    """Keep one row per (meter, interval); ``_dup``/``_dup_suspect`` on the kept copy.
+
+    ``frame`` is sorted by the key; the copies, rows equal to a neighbour on it, are few, and
+    only they are ordered by :data:`KEEP_ORDER` to choose the kept one.
+    """
+    row = pl.int_range(pl.len())
+
+    def same(offset: int) -> pl.Expr:
+        return pl.all_horizontal(pl.col(c).eq_missing(pl.col(c).shift(offset)) for c in _KEY)
+
+    frame = frame.with_columns(
+        (((row > 0) & same(1)) | ((row < pl.len() - 1) & same(-1))).alias("_copy")
+    )
     enabled = _param("duplicate", "enabled")
-    copies = pl.len().over(_KEY)
     first = pl.int_range(pl.len()).over(_KEY) == 0
     conflict = (pl.col(_IMPORT).n_unique().over(_KEY) > 1) | (
         pl.col(_EXPORT).n_unique().over(_KEY) > 1
     )
-    frame = frame.with_columns(
-        (enabled & (copies > 1)).alias("_dup"),
-        (enabled & conflict).alias("_conflict"),
-        (~enabled | first).alias("_keep"),
-    ).filter(pl.col("_keep"))
-    frame = _mark(
-        frame,
-        pl.col("_dup"),
-        VeeFlag.DUPLICATE,
-        pl.col("_conflict") & _param("duplicate", "suspect_on_conflict"),
+    copies = _keep_order_sort(
+        source.join(frame.filter(pl.col("_copy")).select("_j"), on="_j", how="semi").join(
+            meter_table.select(
+                "meter_id",
+                _param("duplicate", "enabled"),
+                _param("duplicate", "suspect_on_conflict"),
+            ),
+            on="meter_id",
+            how="left",
+        )
+    ).select(
+        "_j",
+        # as a filter on ``~enabled | first``: a null setting (meter not in ``meters``) keeps
+        # only the first copy, unflagged
+        (~enabled | first).fill_null(value=False).alias("_keep"),
+        enabled.fill_null(value=False).alias("_dup"),
+        (enabled & conflict & _param("duplicate", "suspect_on_conflict"))
+        .fill_null(value=False)
+        .alias("_dup_suspect"),
     )
-    return frame.drop("_dup", "_conflict", "_keep")
+    return (
+        _attach(frame, copies, "_j")
+        .filter(pl.col("_keep").fill_null(value=True))
+        .with_columns(
+            pl.col("_dup", "_dup_suspect").fill_null(value=False),
+            _first(pl.col("_mid")).alias("_first"),  # a meter's first row may have gone
+        )
+        .drop("_copy", "_keep")
+    )
 
 
 def _gaps(frame: pl.LazyFrame, zones: Sequence[str]) -> pl.LazyFrame:
-    meter_columns = [
-        c
-        for c in frame.collect_schema().names()
-        if c.startswith("_") and not c.startswith("_day") and c != "_step"
-    ]
-    meter_columns = ["group", *meter_columns]
-    grid = (
-        frame.group_by("meter_id")
+    """Insert a ``missing`` row (``_gap``) at every absent point of each meter's grid.
+
+    The grid runs on ``_step`` from the earliest local midnight of the meter's days to the
+    latest local midnight after them. Each row gets one slot per absent grid point up to the
+    next row (a meter's first row also those before it) and is exploded in place, so the rows
+    stay sorted without a sort.
+    """
+    tz = pl.col("_tz")
+    frame = frame.cache()
+    bounds = (
+        frame.filter(pl.col("_first") | pl.col("_day").ne_missing(pl.col("_day").shift(1)))
+        .select(
+            "_mid",
+            local_midnight(pl.col("_day"), tz, zones).alias("_from"),
+            local_midnight(pl.col("_day") + dt.timedelta(days=1), tz, zones).alias("_to"),
+        )
+        .group_by("_mid")
         .agg(
-            pl.col("_day_start").min().alias("_from"),
-            pl.col("_day_end").max().alias("_to"),
-            pl.col("_step").first(),
-            *(pl.col(c).first() for c in meter_columns),
+            pl.col("_from").min().dt.epoch("us"),
+            pl.col("_to").max().dt.epoch("us"),
         )
-        .filter(
-            pl.col("_gap__enabled") & pl.col("_from").is_not_null() & pl.col("_to").is_not_null()
-        )
-        .with_columns(
-            pl.int_ranges(
-                pl.col("_from").dt.epoch("us"),
-                pl.col("_to").dt.epoch("us"),
-                pl.col("_step").cast(pl.Int64) * _US_PER_MINUTE,
-            ).alias("_us")
-        )
-        .explode("_us")
-        .filter(pl.col("_us").is_not_null())
-        .with_columns(
-            pl.from_epoch(pl.col("_us"), time_unit="us")
-            .dt.replace_time_zone("UTC")
-            .alias("interval_start")
-        )
-        .drop("_us", "_from", "_to")
     )
-    missing = grid.join(frame.select(_KEY), on=_KEY, how="anti").with_columns(
-        pl.col("_step").cast(SCHEMA["interval_minutes"]).alias("interval_minutes"),
-        pl.lit(None, dtype=pl.Float64).alias(_IMPORT),
-        pl.lit(None, dtype=pl.Float64).alias(_EXPORT),
-        pl.lit(IntervalStatus.MISSING.value).alias("status"),
-        pl.lit([VeeFlag.GAP.value], dtype=SCHEMA["flags"]).alias("flags"),
-        pl.lit(None, dtype=pl.String).alias("method"),
+    frame = _attach(frame, bounds, "_mid")
+    start = pl.col("interval_start").dt.epoch("us")
+    step = pl.col("_step").cast(pl.Int64) * _US_PER_MINUTE
+    lo, hi = pl.col("_from"), pl.col("_to")
+    on = pl.col("_gap_on") & lo.is_not_null() & hi.is_not_null()
+    last = pl.col("_mid").ne_missing(pl.col("_mid").shift(-1)).fill_null(value=True)
+    after_from = pl.max_horizontal(lo + step * ((start - lo) // step + 1), lo)
+    after_to = pl.min_horizontal(pl.when(last).then(hi).otherwise(start.shift(-1)), hi)
+
+    def count(first: pl.Expr, end: pl.Expr) -> pl.Expr:  # grid points in [first, end)
+        return pl.max_horizontal((end - first + step - 1) // step, 0)
+
+    before = pl.when(on & pl.col("_first")).then(count(lo, pl.min_horizontal(start, hi)))
+    after = pl.when(on).then(count(after_from, after_to))
+    k, n_before = pl.col("_k"), pl.col("_before")
+    gap = k != n_before
+    slot = (
+        pl.when(k < n_before)
+        .then(lo + k * step)
+        .otherwise(pl.col("_after") + (k - n_before - 1) * step)
     )
-    missing = _with_days(missing, zones)
-    return _sorted(pl.concat([frame, missing], how="diagonal_relaxed"))
-
-
-def _interval_count(frame: pl.LazyFrame) -> pl.LazyFrame:
-    present = (pl.col("status") != IntervalStatus.MISSING.value).sum().over(_DAY)
-    expected = pl.col("_day_minutes") / pl.col("_step")
-    condition = _param("interval_count", "enabled") & (present != expected)
-    return _mark(frame, condition, VeeFlag.INTERVAL_COUNT, pl.lit(value=False))
-
-
-def _spike_on(column: str) -> pl.Expr:
-    value = pl.col(column)
-    top = value.max().over(_DAY)
-    third = value.drop_nulls().top_k(3).min().over(_DAY)
+    missing: dict[str, pl.Expr] = {
+        "interval_start": pl.from_epoch(slot, time_unit="us").dt.replace_time_zone("UTC"),
+        "interval_minutes": pl.col("_step").cast(SCHEMA["interval_minutes"]),
+        _IMPORT: pl.lit(None, pl.Float64),
+        _EXPORT: pl.lit(None, pl.Float64),
+        "status": pl.lit(IntervalStatus.MISSING.value),
+        "method": pl.lit(None, pl.String),
+        "_j": pl.lit(None, pl.UInt32),
+        "_dup": pl.lit(value=False),
+        "_dup_suspect": pl.lit(value=False),
+        "_given": pl.lit(value=False),
+    }
     return (
-        (value.count().over(_DAY) >= 3)
-        & (value == top)
+        frame.with_columns(
+            before.fill_null(0).alias("_before"),
+            after.fill_null(0).alias("_n_after"),
+            after_from.alias("_after"),
+        )
+        .with_columns(
+            pl.int_ranges(0, pl.col("_before") + 1 + pl.col("_n_after"), dtype=pl.Int64).alias("_k")
+        )
+        .explode("_k")
+        .with_columns(gap.alias("_gap"))
+        .with_columns(
+            pl.when(pl.col("_gap")).then(value).otherwise(pl.col(name)).alias(name)
+            for name, value in missing.items()
+        )
+        .with_columns(
+            pl.when(pl.col("_gap"))
+            .then(local_date(pl.col("interval_start"), tz, zones))
+            .otherwise(pl.col("_day"))
+            .alias("_day")
+        )
+        .drop("_from", "_to", "_before", "_n_after", "_after", "_k")
+    )
+
+
+def _day_results(
+    frame: pl.LazyFrame,
+    meter_table: pl.LazyFrame,
+    zones: Sequence[str],
+    rules: set[VeeFlag],
+    history: pl.LazyFrame | None,
+) -> pl.LazyFrame:
+    """Per local day ``_gid``: ``_day_mask`` (interval count, high/low usage) and the day's top
+    import/export where that interval is a spike (else null)."""
+    imp, exp = pl.col(_IMPORT), pl.col(_EXPORT)
+    days = frame.group_by("_gid").agg(
+        pl.col("meter_id", "_day", "_tz", "_step").first(),
+        (pl.col("status") != IntervalStatus.MISSING.value).sum().alias("_present"),
+        imp.max().alias("_import_max"),
+        imp.drop_nulls().top_k(3).min().alias("_import_third"),
+        imp.count().alias("_import_count"),
+        exp.max().alias("_export_max"),
+        exp.drop_nulls().top_k(3).min().alias("_export_third"),
+        exp.count().alias("_export_count"),
+        imp.sum().alias("_total"),
+    )
+    tz = pl.col("_tz")
+    days = days.join(meter_table.drop("_tz"), on="meter_id", how="left").with_columns(
+        (
+            local_midnight(pl.col("_day") + dt.timedelta(days=1), tz, zones)
+            - local_midnight(pl.col("_day"), tz, zones)
+        )
+        .dt.total_minutes()
+        .alias("_day_minutes")
+    )
+    expected = pl.col("_day_minutes") / pl.col("_step")
+    bits: list[pl.Expr] = []
+    if VeeFlag.INTERVAL_COUNT in rules:
+        count = _param("interval_count", "enabled") & (pl.col("_present") != expected)
+        bits.append(_bit(count, VeeFlag.INTERVAL_COUNT))
+    if history is not None and VeeFlag.HIGH_USAGE in rules:
+        days, high, low = _usage(days, history, expected)
+        bits += [_bit(high, VeeFlag.HIGH_USAGE), _bit(low, VeeFlag.LOW_USAGE)]
+    spike = VeeFlag.SPIKE in rules
+    return days.select(
+        "_gid",
+        pl.sum_horizontal(bits or [pl.lit(0, pl.Int64)]).alias("_day_mask"),
+        _spike_top("_import", enabled=spike).alias("_import_top"),
+        _spike_top("_export", enabled=spike).alias("_export_top"),
+    )
+
+
+def _bit(condition: pl.Expr, flag: VeeFlag) -> pl.Expr:
+    return pl.when(condition.fill_null(value=False)).then(pl.lit(_BIT[flag], pl.Int64)).otherwise(0)
+
+
+def _spike_top(prefix: str, *, enabled: bool) -> pl.Expr:
+    """A day's highest value when the interval(s) holding it are spikes: at least three values,
+    the highest at least ``min_peak_kwh`` and above ``ratio`` times the third-highest."""
+    top = pl.col(f"{prefix}_max")
+    spike = (
+        _param("spike", "enabled")
+        & (pl.col(f"{prefix}_count") >= 3)
         & (top >= _param("spike", "min_peak_kwh"))
-        & (top > _param("spike", "ratio") * third)
+        & (top > _param("spike", "ratio") * pl.col(f"{prefix}_third"))
     ).fill_null(value=False)
+    return pl.when(pl.lit(enabled) & spike).then(top).otherwise(pl.lit(None, pl.Float64))
 
 
-def _spikes(frame: pl.LazyFrame) -> pl.LazyFrame:
-    condition = _param("spike", "enabled") & (_spike_on(_IMPORT) | _spike_on(_EXPORT))
-    return _mark(frame, condition, VeeFlag.SPIKE, _param("spike", "suspect"))
-
-
-def _usage(frame: pl.LazyFrame, history: pl.LazyFrame) -> pl.LazyFrame:
+def _usage(
+    days: pl.LazyFrame, history: pl.LazyFrame, expected: pl.Expr
+) -> tuple[pl.LazyFrame, pl.Expr, pl.Expr]:
+    """``days`` with the meter's average daily use, and the high/low usage conditions."""
     weekend = pl.col("day").dt.weekday() >= 6
-    first_day = frame.group_by("meter_id").agg(pl.col("_day").min().alias("_first"))
+    first_day = days.group_by("meter_id").agg(pl.col("_day").min().alias("_first"))
     past = (
         history.select(
             pl.col("meter_id").cast(pl.String),
@@ -577,11 +858,6 @@ def _usage(frame: pl.LazyFrame, history: pl.LazyFrame) -> pl.LazyFrame:
     overall = past.group_by("meter_id").agg(
         pl.col(_IMPORT).mean().alias("_all_mean"), pl.len().alias("_all_days")
     )
-    frame = (
-        frame.with_columns((pl.col("_day").dt.weekday() >= 6).alias("_weekend"))
-        .join(by_type, on=["meter_id", "_weekend"], how="left")
-        .join(overall, on="meter_id", how="left")
-    )
     need = _param("usage", "min_history_days")
     average = (
         pl.when(pl.col("_type_days") >= need)
@@ -590,85 +866,69 @@ def _usage(frame: pl.LazyFrame, history: pl.LazyFrame) -> pl.LazyFrame:
         .then(pl.col("_all_mean"))
         .otherwise(None)
     )
-    total = pl.col(_IMPORT).sum().over(_DAY)
-    complete = pl.col(_IMPORT).count().over(_DAY) == pl.col("_day_minutes") / pl.col("_step")
-    enabled = _param("usage", "enabled") & (average > 0)
-    suspect = _param("usage", "suspect")
-    frame = frame.with_columns(average.alias("_average"))
-    frame = _mark(
-        frame,
-        enabled & (total > _param("usage", "high_multiple") * pl.col("_average")),
-        VeeFlag.HIGH_USAGE,
-        suspect,
+    days = (
+        days.with_columns((pl.col("_day").dt.weekday() >= 6).alias("_weekend"))
+        .join(by_type, on=["meter_id", "_weekend"], how="left")
+        .join(overall, on="meter_id", how="left")
+        .with_columns(average.alias("_average"))
     )
-    frame = _mark(
-        frame,
-        enabled & complete & (total < _param("usage", "low_multiple") * pl.col("_average")),
-        VeeFlag.LOW_USAGE,
-        suspect,
-    )
-    return frame.drop("_weekend", "_type_mean", "_type_days", "_all_mean", "_all_days", "_average")
+    total = pl.col("_total")
+    complete = pl.col("_import_count") == expected
+    enabled = _param("usage", "enabled") & (pl.col("_average") > 0)
+    high = enabled & (total > _param("usage", "high_multiple") * pl.col("_average"))
+    low = enabled & complete & (total < _param("usage", "low_multiple") * pl.col("_average"))
+    return days, high, low
 
 
-def _zero_runs(frame: pl.LazyFrame) -> pl.LazyFrame:
-    zero = (pl.col(_IMPORT) == 0) & (pl.col(_EXPORT).is_null() | (pl.col(_EXPORT) == 0))
-    condition = _param("zero_run", "enabled") & (_run_hours(zero) > _param("zero_run", "max_hours"))
-    return _mark(frame, condition, VeeFlag.ZERO_RUN, _param("zero_run", "suspect"))
-
-
-def _negative(frame: pl.LazyFrame) -> pl.LazyFrame:
+def _negative() -> pl.Expr:
     imp, exp = pl.col(_IMPORT), pl.col(_EXPORT)
     wrong = (imp < 0).fill_null(value=False) | (exp < 0).fill_null(value=False)
     reverse = pl.col("_import_only") & (exp > 0).fill_null(value=False)
-    condition = _param("negative", "enabled") & (wrong | reverse)
-    return _mark(frame, condition, VeeFlag.NEGATIVE, _param("negative", "suspect"))
+    return pl.col("_negative_on") & (wrong | reverse)
 
 
-def _over_max_power(frame: pl.LazyFrame) -> pl.LazyFrame:
+def _over_max_power() -> pl.Expr:
     hours = pl.col("interval_minutes").cast(pl.Float64) / 60.0
-    limit = pl.col("_max_power_kw") * _param("max_power", "safety_factor")
-    over = ((pl.col(_IMPORT) / hours) > limit).fill_null(value=False) | (
+    limit = pl.col("_max_power_limit")
+    return ((pl.col(_IMPORT) / hours) > limit).fill_null(value=False) | (
         (pl.col(_EXPORT) / hours) > limit
     ).fill_null(value=False)
-    condition = _param("max_power", "enabled") & over
-    return _mark(frame, condition, VeeFlag.OVER_MAX_POWER, _param("max_power", "suspect"))
-
-
-def _prolonged_estimation(frame: pl.LazyFrame) -> pl.LazyFrame:
-    estimated = pl.col("status") == IntervalStatus.ESTIMATED.value
-    condition = _param("prolonged_estimation", "enabled") & (
-        _run_hours(estimated) > _param("prolonged_estimation", "max_hours")
-    )
-    return _mark(frame, condition, VeeFlag.PROLONGED_ESTIMATION, pl.lit(value=False))
 
 
 def _sum_check(frame: pl.LazyFrame, reads: pl.LazyFrame) -> pl.LazyFrame:
-    """Compare interval sums with register differences between consecutive reads.
+    """``frame`` with ``_sum_check``: compare interval sums with register differences between
+    consecutive reads.
 
     The intervals of a meter define a cumulative curve ``E(t)`` (linear inside an interval);
     each read looks up ``E`` at its time with an as-of join, and a span's interval sum is
     ``E(b) - E(a)``. Missing intervals are counted the same way so such spans are skipped.
+    An interval is flagged when the last failed span ``(a, b]`` with ``a`` before its end ends
+    after its start.
     """
-    # The as-of joins below sort both sides by their key over all meters, which is what the
-    # join needs; Polars cannot verify that per ``by`` group, hence check_sortedness=False.
+    # The as-of joins need each side sorted by its key within each ``by`` group: the rows are
+    # sorted by meter and interval_start, the reads by ts; Polars cannot verify that per
+    # group, hence check_sortedness=False.
     imp = pl.col(_IMPORT)
     null = imp.is_null().cast(pl.Int64)
     curve = frame.select(
-        "meter_id",
+        "_mid",
         "interval_start",
         _end().alias("_end"),
         imp.fill_null(0.0).alias("_e"),
-        (imp.fill_null(0.0).cum_sum().over("meter_id") - imp.fill_null(0.0)).alias("_cum0"),
-        (null.cum_sum().over("meter_id") - null).alias("_miss0"),
+        (imp.fill_null(0.0).cum_sum().over("_mid") - imp.fill_null(0.0)).alias("_cum0"),
+        (null.cum_sum().over("_mid") - null).alias("_miss0"),
         null.alias("_null"),
-        _param("sum_check", "enabled").alias("_on"),
-        _param("sum_check", "tolerance_pct").alias("_pct"),
-        _param("sum_check", "tolerance_kwh").alias("_tol"),
-    ).sort("interval_start")
+        pl.col("_sum_check_on").alias("_on"),
+        pl.col("_sum_check_pct").alias("_pct"),
+        pl.col("_sum_check_kwh").alias("_tol"),
+    )
     ts = pl.col("ts")
     span_us = (pl.col("_end") - pl.col("interval_start")).dt.total_microseconds()
     into_us = (ts - pl.col("interval_start")).dt.total_microseconds()
     share = (into_us.cast(pl.Float64) / span_us.cast(pl.Float64)).clip(0.0, 1.0)
+    # Reads of meters without intervals are never covered: they are dropped, and the others
+    # get the integer meter id of the rows.
+    meter_ids = frame.filter(pl.col("_first")).select("meter_id", "_mid")
     at_read = (
         reads.select(
             pl.col("meter_id").cast(pl.String),
@@ -676,10 +936,17 @@ def _sum_check(frame: pl.LazyFrame, reads: pl.LazyFrame) -> pl.LazyFrame:
             pl.col(_IMPORT).cast(pl.Float64).alias("_reg"),
         )
         .filter(pl.col("_reg").is_not_null())
-        .unique(subset=["meter_id", "ts"], keep="any")
+        .join(meter_ids, on="meter_id", how="inner")
+        .drop("meter_id")
         .sort("ts")
+        # one read per (meter, ts), any of them (reads without ts are never covered)
+        .filter((pl.col("ts") != pl.col("ts").shift(1).over("_mid")).fill_null(value=True))
         .join_asof(
-            curve, left_on="ts", right_on="interval_start", by="meter_id", check_sortedness=False
+            curve,
+            left_on="ts",
+            right_on="interval_start",
+            by="_mid",
+            check_sortedness=False,
         )
         .with_columns(
             (pl.col("_cum0") + pl.col("_e") * share).alias("_E"),
@@ -693,9 +960,8 @@ def _sum_check(frame: pl.LazyFrame, reads: pl.LazyFrame) -> pl.LazyFrame:
             ).alias("_me"),
             (ts <= pl.col("_end")).alias("_covered"),
         )
-        .sort("meter_id", "ts")
     )
-    prev = {c: pl.col(c).shift(1).over("meter_id") for c in ("ts", "_reg", "_E", "_me", "_covered")}
+    prev = {c: pl.col(c).shift(1).over("_mid") for c in ("ts", "_reg", "_E", "_me", "_covered")}
     diff = pl.col("_reg") - prev["_reg"]
     got = pl.col("_E") - prev["_E"]
     tolerance = pl.max_horizontal(pl.col("_tol"), pl.col("_pct") / 100.0 * diff.abs())
@@ -713,14 +979,35 @@ def _sum_check(frame: pl.LazyFrame, reads: pl.LazyFrame) -> pl.LazyFrame:
             prev["ts"].alias("_a"),
         )
         .filter(pl.col("_fail"))
-        .select("meter_id", "_a", pl.col("ts").alias("_b"))
-        .sort("_a")
+        .select("_mid", "_a", pl.col("ts").alias("_b"))
+        .sort("_mid", "_a")
     )
-    flagged = (
-        frame.with_columns((_end() - _ONE_US).alias("_last_us"))
-        .sort("_last_us")
-        .join_asof(failed, left_on="_last_us", right_on="_a", by="meter_id", check_sortedness=False)
+    # Failed spans of a meter are disjoint and ordered, so the last one starting by an
+    # interval's last microsecond is either the last one starting by its start (P) or, if one
+    # starts inside the interval, one that ends after its start anyway (Q).
+    start = pl.col("interval_start")
+    last_us = _end() - _ONE_US
+    rows = frame.with_columns(last_us.alias("_last_us"), (start + _ONE_US).alias("_after"))
+    by_start = rows.join_asof(
+        failed.rename({"_a": "_a_p", "_b": "_b_p"}),
+        left_on="interval_start",
+        right_on="_a_p",
+        by="_mid",
+        check_sortedness=False,
     )
-    condition = pl.col("_b").is_not_null() & (pl.col("_b") > pl.col("interval_start"))
-    flagged = _mark(flagged, condition, VeeFlag.SUM_CHECK, _param("sum_check", "suspect"))
-    return _sorted(flagged.drop("_last_us", "_a", "_b"))
+    inside = by_start.join_asof(
+        failed.select("_mid", pl.col("_a").alias("_a_q")),
+        left_on="_after",
+        right_on="_a_q",
+        by="_mid",
+        strategy="forward",
+        check_sortedness=False,
+    )
+    return inside.with_columns(
+        (
+            ((pl.col("_a_p") <= pl.col("_last_us")) & (pl.col("_b_p") > start)).fill_null(
+                value=False
+            )
+            | (pl.col("_a_q") <= pl.col("_last_us")).fill_null(value=False)
+        ).alias("_sum_check")
+    ).drop("_last_us", "_after", "_a_p", "_b_p", "_a_q")

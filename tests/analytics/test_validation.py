@@ -172,6 +172,28 @@ def test_disabled_gap_rule_adds_no_rows() -> None:
     assert flagged(out, "interval_count").height == 95
 
 
+def test_gap_rows_of_a_missing_day_are_counted_on_that_day() -> None:
+    day3 = day_starts("Asia/Shanghai", SHANGHAI_DAY + dt.timedelta(days=2))
+    out = validate(frame(SH + day3), meters(), DEFAULT).collect()
+    assert out.height == 3 * 96
+    gap = flagged(out, "gap")
+    assert gap.height == 96
+    assert gap["flags"].to_list() == [["gap", "interval_count"]] * 96
+    assert flagged(out, "interval_count").height == 96  # the other two days are complete
+
+
+def test_given_flags_are_kept_and_merged_with_rule_flags() -> None:
+    rows = frame(SH, spiky(0.81)).with_columns(
+        pl.when(pl.int_range(pl.len()).is_in([10, 11]))
+        .then(pl.lit(["spike", "glitch"]))
+        .otherwise(pl.lit([], dtype=pl.List(pl.String)))
+        .alias("flags")
+    )
+    out = validate(rows, meters(), DEFAULT).collect()
+    assert out["flags"].to_list()[10:12] == [["glitch", "spike"], ["glitch", "spike"]]
+    assert out["flags"].to_list()[12] == []
+
+
 # ---------------------------------------------------------------------------------------------
 # duplicates
 
@@ -201,6 +223,25 @@ def test_conflicting_duplicates_are_suspect_and_keep_the_larger() -> None:
     rows = pl.concat([frame(SH[:1], [0.2]), frame(SH[:1], [0.3])])
     row = flag_duplicates(rows, meters(), DEFAULT).collect().row(0, named=True)
     assert (row["energy_import_kwh"], row["status"]) == (0.3, "suspect")
+
+
+def test_group_that_keeps_copies_keeps_all_of_them() -> None:
+    config = VeeSettings.model_validate({"groups": {"raw": {"duplicate": {"enabled": False}}}})
+    rows = pl.concat([frame(SH[1:], 0.1), frame(SH[1:2], 0.3, status="edited")])
+    out = validate(rows, meters(group="raw"), config).collect()
+    assert out.height == 97  # 95 rows, the copy, and the materialised gap
+    assert flagged(out, "duplicate").is_empty()
+    copies = out.filter(pl.col("interval_start") == SH[1])
+    assert sorted(copies["status"].to_list()) == ["actual", "edited"]
+
+
+def test_dropped_first_copy_does_not_lose_the_meter() -> None:
+    # the meter's first row is a copy that is dropped: its gaps are still materialised
+    rows = pl.concat([frame(SH[:1], 0.1), frame(SH[:1], 0.2), frame(SH[2:], 0.1)])
+    out = validate(rows, meters(), DEFAULT).collect()
+    assert out.height == 96
+    assert flagged(out, "gap")["interval_start"].to_list() == [SH[1]]
+    assert flagged(out, "duplicate")["energy_import_kwh"].to_list() == [0.2]
 
 
 def test_no_duplicates_no_flag() -> None:
@@ -401,6 +442,14 @@ def test_sum_check_apportions_reads_inside_an_interval() -> None:
     bad = reads([(SH[0], 0.0), (mid, 1.0)])
     hit = flagged(flag_sum_check(frame(SH), meters(), DEFAULT, bad), "sum_check")
     assert hit["interval_start"].to_list() == SH[:5]
+
+
+def test_sum_check_flags_the_interval_a_failed_span_starts_in() -> None:
+    end = SH[-1] + dt.timedelta(minutes=15)
+    mid = SH[4] + dt.timedelta(minutes=5)
+    bad = reads([(SH[0], 0.0), (mid, 0.4 + 0.1 / 3), (end, 50.0)])
+    hit = flagged(flag_sum_check(frame(SH), meters(), DEFAULT, bad), "sum_check")
+    assert hit["interval_start"].to_list() == SH[4:]
 
 
 def test_sum_check_skips_spans_with_missing_intervals() -> None:
