@@ -273,7 +273,8 @@ def flag_usage(
 ) -> pl.LazyFrame:
     """Flag ``high_usage``/``low_usage`` on local days whose import [kWh] is above
     ``usage.high_multiple`` or (complete days only) below ``usage.low_multiple`` times the
-    meter's average daily use in ``history`` (same weekday/weekend type when it has
+    meter's average daily use over the ``history_days`` before the day: complete days of
+    ``history`` and of ``intervals`` (same weekday/weekend type when it has
     ``usage.min_history_days`` such days, else all days; fewer days in all: not judged)."""
     rules = {VeeFlag.HIGH_USAGE, VeeFlag.LOW_USAGE}
     return _validate(intervals, meters, config, rules, history=history)
@@ -400,7 +401,8 @@ def _validate(
     )
 
     frame = frame.cache()
-    frame = _attach(frame, _day_results(frame, meter_table, zones, rules, history), "_gid")
+    days = _day_results(frame, meter_table, zones, rules, history, config.history_days)
+    frame = _attach(frame, days, "_gid")
     hits = _row_hits(rules)
     if VeeFlag.SUM_CHECK in rules and reads is not None:
         frame = _sum_check(frame.cache(), reads)
@@ -778,6 +780,7 @@ def _day_results(
     zones: Sequence[str],
     rules: set[VeeFlag],
     history: pl.LazyFrame | None,
+    window_days: int,
 ) -> pl.LazyFrame:
     """Per local day ``_gid``: ``_day_mask`` (interval count, high/low usage) and the day's top
     import/export where that interval is a spike (else null)."""
@@ -808,7 +811,7 @@ def _day_results(
         count = _param("interval_count", "enabled") & (pl.col("_present") != expected)
         bits.append(_bit(count, VeeFlag.INTERVAL_COUNT))
     if history is not None and VeeFlag.HIGH_USAGE in rules:
-        days, high, low = _usage(days, history, expected)
+        days, high, low = _usage(days, history, expected, window_days)
         bits += [_bit(high, VeeFlag.HIGH_USAGE), _bit(low, VeeFlag.LOW_USAGE)]
     spike = VeeFlag.SPIKE in rules
     return days.select(
@@ -837,27 +840,44 @@ def _spike_top(prefix: str, *, enabled: bool) -> pl.Expr:
 
 
 def _usage(
-    days: pl.LazyFrame, history: pl.LazyFrame, expected: pl.Expr
+    days: pl.LazyFrame, history: pl.LazyFrame, expected: pl.Expr, window_days: int
 ) -> tuple[pl.LazyFrame, pl.Expr, pl.Expr]:
-    """``days`` with the meter's average daily use, and the high/low usage conditions."""
-    weekend = pl.col("day").dt.weekday() >= 6
+    """``days`` with the meter's average daily use, and the high/low usage conditions.
+
+    A day's average daily use is the mean import of the meter's complete days in the
+    ``window_days`` before it: days of ``history`` before the frame's first day, and the frame's
+    own complete days before it. So a day is judged the same whether a run covers the month or
+    only that day with the month before it as history.
+    """
     first_day = days.group_by("meter_id").agg(pl.col("_day").min().alias("_first"))
     past = (
         history.select(
             pl.col("meter_id").cast(pl.String),
-            pl.col("day").cast(pl.Date),
-            pl.col(_IMPORT).cast(pl.Float64),
+            pl.col("day").cast(pl.Date).alias("_day"),
+            pl.col(_IMPORT).cast(pl.Float64).alias("_use"),
         )
         .join(first_day, on="meter_id", how="inner")
-        .filter((pl.col("day") < pl.col("_first")) & pl.col(_IMPORT).is_not_null())
-        .with_columns(weekend.alias("_weekend"))
+        .filter(pl.col("_day") < pl.col("_first"))
+        .drop("_first")
     )
-    by_type = past.group_by("meter_id", "_weekend").agg(
-        pl.col(_IMPORT).mean().alias("_type_mean"), pl.len().alias("_type_days")
+    complete = pl.col("_import_count") == expected
+    own = days.select("meter_id", "_day", pl.when(complete).then(pl.col("_total")).alias("_use"))
+    daily = (
+        pl.concat([past, own], how="vertical_relaxed")
+        .with_columns((pl.col("_day").dt.weekday() >= 6).alias("_weekend"))
+        .sort("meter_id", "_day")
     )
-    overall = past.group_by("meter_id").agg(
-        pl.col(_IMPORT).mean().alias("_all_mean"), pl.len().alias("_all_days")
-    )
+
+    def trailing(keys: list[str], name: str) -> pl.LazyFrame:
+        return daily.rolling(
+            index_column="_day", period=f"{window_days}d", closed="left", group_by=keys
+        ).agg(
+            pl.col("_use").mean().alias(f"_{name}_mean"),
+            pl.col("_use").count().alias(f"_{name}_days"),
+        )
+
+    by_type = trailing(["meter_id", "_weekend"], "type").drop("_weekend")
+    overall = trailing(["meter_id"], "all")
     need = _param("usage", "min_history_days")
     average = (
         pl.when(pl.col("_type_days") >= need)
@@ -867,13 +887,11 @@ def _usage(
         .otherwise(None)
     )
     days = (
-        days.with_columns((pl.col("_day").dt.weekday() >= 6).alias("_weekend"))
-        .join(by_type, on=["meter_id", "_weekend"], how="left")
-        .join(overall, on="meter_id", how="left")
+        days.join(by_type, on=["meter_id", "_day"], how="left")
+        .join(overall, on=["meter_id", "_day"], how="left")
         .with_columns(average.alias("_average"))
     )
     total = pl.col("_total")
-    complete = pl.col("_import_count") == expected
     enabled = _param("usage", "enabled") & (pl.col("_average") > 0)
     high = enabled & (total > _param("usage", "high_multiple") * pl.col("_average"))
     low = enabled & complete & (total < _param("usage", "low_multiple") * pl.col("_average"))
@@ -901,7 +919,9 @@ def _sum_check(frame: pl.LazyFrame, reads: pl.LazyFrame) -> pl.LazyFrame:
 
     The intervals of a meter define a cumulative curve ``E(t)`` (linear inside an interval);
     each read looks up ``E`` at its time with an as-of join, and a span's interval sum is
-    ``E(b) - E(a)``. Missing intervals are counted the same way so such spans are skipped.
+    ``E(b) - E(a)``. Missing intervals are counted the same way so such spans are skipped, and
+    so are spans over which the register fell (a rollover, reset or replacement: the register
+    rules judge those).
     An interval is flagged when the last failed span ``(a, b]`` with ``a`` before its end ends
     after its start.
     """
@@ -972,6 +992,7 @@ def _sum_check(frame: pl.LazyFrame, reads: pl.LazyFrame) -> pl.LazyFrame:
                 & pl.col("_covered")
                 & prev["_covered"]
                 & ((pl.col("_ms") - prev["_me"]) == 0)
+                & (diff >= 0)
                 & ((got - diff).abs() > tolerance)
             )
             .fill_null(value=False)

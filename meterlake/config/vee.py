@@ -179,9 +179,9 @@ class VeeSettings(VeeRules):
     shard_meters: Annotated[int, Field(ge=1, le=1_000_000)] = 2000
     """Meters computed together: memory grows with it (about 0.5 GiB per 1,000 meters and 30
     days of 15-minute reads), speed hardly does beyond a few hundred."""
-    history_days: Annotated[int, Field(ge=0, le=3660)] = 91
-    """Days of stored intervals before a run's range that give the high/low usage rule each
-    meter's average daily use [d]."""
+    history_days: Annotated[int, Field(ge=1, le=3660)] = 91
+    """The high/low usage rule judges a day against the meter's average daily use over this
+    many days before it (stored intervals before a run's range and the range's own days) [d]."""
 
     @model_validator(mode="before")
     @classmethod

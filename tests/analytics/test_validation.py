@@ -334,6 +334,30 @@ def test_low_usage_ignores_incomplete_days() -> None:
     assert flagged(out, "low_usage").is_empty()
 
 
+def test_usage_counts_the_frames_own_earlier_days_as_history() -> None:
+    # 15 quiet days then a busy one in a single frame, no stored history: the busy day is
+    # judged against the quiet days before it, and none of the quiet days is flagged
+    days = [SHANGHAI_DAY + dt.timedelta(days=i) for i in range(16)]
+    starts = [t for d in days for t in day_starts("Asia/Shanghai", d)]
+    values = [0.1] * (15 * 96) + [1.0] * 96
+    empty = pl.LazyFrame(
+        schema={"meter_id": pl.String, "day": pl.Date, "energy_import_kwh": pl.Float64}
+    )
+    out = flag_usage(frame(starts, values), meters(), DEFAULT, empty).collect()
+    assert flagged(out, "high_usage")["interval_start"].to_list() == starts[-96:]
+
+
+def test_usage_history_is_only_the_window_before_the_day() -> None:
+    # 21 days of 60 kWh, but all of them more than history_days (14) before the day
+    config = DEFAULT.model_copy(update={"history_days": 14})
+    old = history(21, 60.0, end=SHANGHAI_DAY - dt.timedelta(days=20))
+    out = flag_usage(frame(SH, 1.876), meters(), config, old)
+    assert flagged(out, "high_usage").is_empty()
+    assert not flagged(
+        flag_usage(frame(SH, 1.876), meters(), DEFAULT, old), "high_usage"
+    ).is_empty()
+
+
 # ---------------------------------------------------------------------------------------------
 # zero runs, negative, max power, prolonged estimation
 
@@ -423,6 +447,13 @@ def test_sum_check_flags_the_span_that_differs() -> None:
     hit = flagged(out, "sum_check")
     assert hit["interval_start"].to_list() == SH[48:]
     assert set(hit["status"]) == {"suspect"}
+
+
+def test_sum_check_skips_a_span_over_which_the_register_fell() -> None:
+    end = SH[-1] + dt.timedelta(minutes=15)
+    # a rollover or a new meter between the middle and the end: the register rules' business
+    fell = reads([(SH[0], 99_995.0), (SH[48], 99_999.8), (end, 4.6)])
+    assert flagged(flag_sum_check(frame(SH), meters(), DEFAULT, fell), "sum_check").is_empty()
 
 
 def test_sum_check_tolerance_edges() -> None:

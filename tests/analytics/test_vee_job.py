@@ -210,3 +210,22 @@ def test_a_recorded_replacement_restarts_the_register(tmp_path: Path) -> None:
     assert energy.max() <= 0.25 + 1e-9  # no spike and no negative step across the swap
     assert energy.min() >= 0
     assert "meter_reset" in set(result.written.explode("flags")["flags"])
+
+
+def test_a_day_far_above_the_stored_history_is_high_usage(tmp_path: Path) -> None:
+    lake = init_lake(tmp_path / "lake")
+    settings = Settings.model_validate({"vee": {"usage": {"min_history_days": 3}}})
+    quiet = meter_reads("m", START, [0.1] * (96 * 5))
+    write_table(lake, READINGS, quiet)
+    first = dt.date(2026, 10, 5)
+    run_vee(
+        lake, settings, run_id="r1", now=NOW, first_day=first, last_day=first + dt.timedelta(days=4)
+    )
+    busy_start = START + dt.timedelta(days=5)
+    busy = meter_reads("m", busy_start, [1.0] * 96, first_kwh=quiet["value"][-1])
+    write_table(lake, READINGS, busy)
+    day = first + dt.timedelta(days=5)
+    result = run_vee(lake, settings, run_id="r2", now=NOW, first_day=day, last_day=day)
+    flagged = result.written.filter(pl.col("flags").list.contains("high_usage"))
+    assert flagged.height == 96  # the whole day, against 9.6 kWh/day of history
+    assert set(flagged["status"]) == {"actual"}  # a flag, not a verdict (usage.suspect=false)
