@@ -177,8 +177,8 @@ class VeeSettings(VeeRules):
     interval_minutes: Literal[5, 15, 30, 60] = 15
     """Length of the interval grid [min]."""
     shard_meters: Annotated[int, Field(ge=1, le=1_000_000)] = 2000
-    """Meters computed together: memory grows with it (about 0.5 GiB per 1,000 meters and 30
-    days of 15-minute reads), speed hardly does beyond a few hundred."""
+    """Meters computed together: peak memory grows with it (about 3 GiB per 1,000 meters and 30
+    days of 15-minute reads; 2,000 peaked at 6 GiB), speed hardly does beyond a few hundred."""
     history_days: Annotated[int, Field(ge=1, le=3660)] = 91
     """The high/low usage rule judges a day against the meter's average daily use over this
     many days before it (stored intervals before a run's range and the range's own days) [d]."""
