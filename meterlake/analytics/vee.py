@@ -4,6 +4,7 @@
 
     reads ──register_intervals──▶ interval energy (flags: rollover, meter_reset, glitch, ...)
           ──validate──▶ + missing rows, suspect status, rule flags
+          ──without_negative──▶ negative intervals become missing
           ──estimate_intervals──▶ missing / register-bounded intervals estimated
           ──new_versions──▶ only what changed since the stored versions, with the run id
 
@@ -170,6 +171,34 @@ def register_reads(
     )
 
 
+def without_negative(validated: pl.LazyFrame) -> pl.LazyFrame:
+    """Validated intervals whose import or export is negative, made ``missing`` for estimation.
+
+    A register never runs backwards, so a negative interval (a fall the register rules could
+    not explain as a rollover, reset or glitch, e.g. at the last read, where nothing confirms it
+    yet) is no consumption to keep: it keeps its flags (``negative_delta``, ``negative``) and is
+    estimated like a gap; the next run, with more reads, may explain it.
+
+    >>> import datetime as dt
+    >>> t = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+    >>> rows = pl.LazyFrame({"energy_import_kwh": [0.5, -3.0], "energy_export_kwh": [0.0, 0.0],
+    ...                      "status": ["actual", "suspect"]})
+    >>> without_negative(rows).collect().rows()
+    [(0.5, 0.0, 'actual'), (None, None, 'missing')]
+    """
+    negative = (pl.col(IMPORT) < 0).fill_null(value=False) | (pl.col(EXPORT) < 0).fill_null(
+        value=False
+    )
+    return validated.with_columns(
+        pl.when(negative).then(None).otherwise(pl.col(IMPORT)).alias(IMPORT),
+        pl.when(negative).then(None).otherwise(pl.col(EXPORT)).alias(EXPORT),
+        pl.when(negative)
+        .then(pl.lit(IntervalStatus.MISSING.value))
+        .otherwise(pl.col("status"))
+        .alias("status"),
+    )
+
+
 def vee_versions(
     readings: pl.LazyFrame,
     stored: pl.LazyFrame,
@@ -236,7 +265,7 @@ def vee_versions(
         history=history,
     ).collect()
     estimated = estimate_intervals(
-        validated.lazy(), meters, rules=run.estimation, holidays=run.holidays
+        without_negative(validated.lazy()), meters, rules=run.estimation, holidays=run.holidays
     ).collect()
     if windows is None:
         windows = meters.select(
