@@ -351,7 +351,7 @@ def _validate(
     history: pl.LazyFrame | None = None,
 ) -> pl.LazyFrame:
     """Run ``rules`` (``HIGH_USAGE``/``LOW_USAGE`` stand for the usage rule) in one plan."""
-    meter_table, zones = _meter_table(meters, config)
+    meter_table, zones = _meter_table(meters, config, intervals)
     source = (
         intervals.select(pl.col(c).cast(SCHEMA[c]) for c in COLUMNS)
         .with_columns(pl.col("flags").fill_null(pl.lit([], dtype=SCHEMA["flags"])))
@@ -580,12 +580,20 @@ def _zones(meters: pl.LazyFrame) -> list[str]:
 
 
 def _meter_table(
-    meters: pl.LazyFrame | pl.DataFrame, config: VeeSettings
+    meters: pl.LazyFrame | pl.DataFrame, config: VeeSettings, intervals: pl.LazyFrame
 ) -> tuple[pl.LazyFrame, list[str]]:
-    """One row per meter id: ``_tz``, ``_import_only``, ``_max_power_kw`` and the parameters of
-    the meter's group; and the checked time zones."""
+    """One row per meter id of ``meters`` and ``intervals``: ``_tz``, ``_import_only``,
+    ``_max_power_kw`` and the parameters of the meter's group (a meter absent from ``meters``:
+    the defaults, on UTC days); and the checked time zones."""
     meters = meters.lazy()
     names = meters.collect_schema().names()
+    absent = (
+        intervals.select(pl.col("meter_id").cast(pl.String).unique())
+        .join(meters.select(pl.col("meter_id").cast(pl.String)), on="meter_id", how="anti")
+        .collect()
+    )
+    if absent.height:
+        meters = pl.concat([meters, absent.lazy()], how="diagonal_relaxed")
     meters = meters.select(
         pl.col("meter_id").cast(pl.String),
         (pl.col("group") if "group" in names else pl.lit(None)).cast(pl.String).alias("group"),
@@ -603,8 +611,7 @@ def _meter_table(
 
 
 def _per_meter(frame: pl.LazyFrame, meter_table: pl.LazyFrame) -> pl.LazyFrame:
-    """Per ``_mid``: what the row rules need of the meter. A meter absent from ``meters`` gets
-    nulls: like a disabled rule, a null parameter flags nothing."""
+    """Per ``_mid``: what the row rules need of the meter (every meter is in ``meter_table``)."""
     enabled = {
         rule: _param(rule, "enabled") for rule in ("max_power", "zero_run", "prolonged_estimation")
     }

@@ -612,3 +612,14 @@ def test_validate_never_changes_energy_and_ignores_row_order(data: pl.DataFrame,
     shuffled = data.sample(fraction=1.0, shuffle=True, seed=seed)
     assert run(shuffled).equals(out)
     assert run(data).equals(out)
+
+
+def test_a_meter_absent_from_meters_gets_the_default_rules_on_utc_days() -> None:
+    day = day_starts("UTC", SHANGHAI_DAY)
+    values: list[float | None] = [0.3] * 96
+    values[50] = 5.0  # a spike by the default rule
+    rows = frame(day, values, meter="stranger").filter(pl.col("interval_start") != day[10])
+    out = validate(rows, meters(), DEFAULT).collect()
+    assert out.height == 96  # the gap is materialised on the meter's UTC day
+    assert "gap" in out.filter(pl.col("interval_start") == day[10])["flags"][0]
+    assert flagged(out, "spike")["interval_start"].to_list() == [day[50]]
