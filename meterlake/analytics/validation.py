@@ -587,13 +587,10 @@ def _meter_table(
     the defaults, on UTC days); and the checked time zones."""
     meters = meters.lazy()
     names = meters.collect_schema().names()
-    absent = (
-        intervals.select(pl.col("meter_id").cast(pl.String).unique())
-        .join(meters.select(pl.col("meter_id").cast(pl.String)), on="meter_id", how="anti")
-        .collect()
+    zones = _zones(meters.select(pl.col("timezone").cast(pl.String)))  # absent meters: UTC
+    meters = intervals.select(pl.col("meter_id").cast(pl.String).unique()).join(
+        meters.with_columns(pl.col("meter_id").cast(pl.String)), on="meter_id", how="left"
     )
-    if absent.height:
-        meters = pl.concat([meters, absent.lazy()], how="diagonal_relaxed")
     meters = meters.select(
         pl.col("meter_id").cast(pl.String),
         (pl.col("group") if "group" in names else pl.lit(None)).cast(pl.String).alias("group"),
@@ -606,7 +603,6 @@ def _meter_table(
         .cast(pl.Float64)
         .alias("_max_power_kw"),
     ).unique(subset="meter_id", keep="first", maintain_order=True)
-    zones = _zones(meters.rename({"_tz": "timezone"}))
     return _meter_params(meters, config), zones
 
 

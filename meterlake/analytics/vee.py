@@ -60,11 +60,6 @@ def current_readings(readings: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def default_meters(readings: pl.LazyFrame, timezone: str) -> pl.DataFrame:
-    """Meter parameters when no meter is in the ``meters`` table (see :func:`meter_parameters`)."""
-    return meter_parameters(readings, None, timezone)
-
-
 def meter_parameters(
     readings: pl.LazyFrame, master: pl.LazyFrame | None, timezone: str
 ) -> pl.DataFrame:

@@ -85,7 +85,8 @@ def run_vee(
     root, settings
         The lake and the settings (site zone, ``[vee]``).
     run_id, now
-        The run's id and start time (UTC), stamped on what it writes.
+        The run's id and its start on the wall clock (UTC): stamped on what it writes, and the
+        next incremental run compares lake file times with it.
     first_day, last_day, meter_ids
         A range run's local days (inclusive; default: the first/last read) and meters
         (default: all); all None: an incremental run.
@@ -179,29 +180,31 @@ def _range_windows(
     meter_ids: Sequence[str] | None,
 ) -> pl.DataFrame | None:
     """One window per meter: the local days ``first_day..last_day`` of the site."""
-    readings = scan(root, READINGS).filter(pl.col("quantity").is_in(REGISTER_QUANTITIES))
-    if meter_ids:
-        readings = readings.filter(pl.col("meter_id").is_in(list(meter_ids)))
+
+    def registers(start: dt.datetime | None = None, end: dt.datetime | None = None) -> pl.LazyFrame:
+        reads = scan(root, READINGS, start, end).filter(
+            pl.col("quantity").is_in(REGISTER_QUANTITIES)
+        )
+        return reads.filter(pl.col("meter_id").is_in(list(meter_ids))) if meter_ids else reads
+
     site = zoneinfo.ZoneInfo(zone)
     if first_day is None or last_day is None:
-        bounds = readings.select(pl.col("ts").min().alias("a"), pl.col("ts").max().alias("b"))
+        bounds = registers().select(pl.col("ts").min().alias("a"), pl.col("ts").max().alias("b"))
         first_ts, last_ts = bounds.collect().row(0)
         if first_ts is None:
             return None
         first_day = first_day or first_ts.astimezone(site).date()
         last_day = last_day or last_ts.astimezone(site).date()
     start = dt.datetime.combine(first_day, dt.time(), tzinfo=site).astimezone(dt.UTC)
-    end = dt.datetime.combine(last_day + dt.timedelta(days=1), dt.time(), tzinfo=site)
-    ids = (
-        readings.filter(pl.col("ts").is_between(start - CONTEXT, end.astimezone(dt.UTC) + CONTEXT))
-        .select(pl.col("meter_id").unique())
-        .collect()
+    end = dt.datetime.combine(last_day + dt.timedelta(days=1), dt.time(), tzinfo=site).astimezone(
+        dt.UTC
     )
+    ids = registers(start - CONTEXT, end + CONTEXT).select(pl.col("meter_id").unique()).collect()
     if ids.height == 0:
         return None
     return ids.with_columns(
         pl.lit(start).dt.convert_time_zone("UTC").alias("window_start"),
-        pl.lit(end.astimezone(dt.UTC)).dt.convert_time_zone("UTC").alias("window_end"),
+        pl.lit(end).dt.convert_time_zone("UTC").alias("window_end"),
     )
 
 
@@ -249,22 +252,21 @@ def _incremental_windows(root: Path, settings: Settings) -> pl.DataFrame | None:
             pl.col("ts").filter(pl.col("ts") > pl.col("hi")).min().alias("after"),
         )
     )
-    meters = meter_parameters(
-        scan(root, READINGS, lo - NEIGHBOUR_LOOKBACK, hi + NEIGHBOUR_LOOKBACK).filter(
-            pl.col("meter_id").is_in(spans["meter_id"].implode())
-        ),
-        scan_current_meters(root),
-        settings.site.timezone,
-    )
-    zones = [settings.site.timezone, *meters["timezone"].unique().to_list()]
     tz = pl.col("timezone")
+    zone_of = (
+        spans.lazy()
+        .select("meter_id")
+        .join(scan_current_meters(root).select("meter_id", "timezone"), on="meter_id", how="left")
+        .with_columns(tz.fill_null(settings.site.timezone))
+        .collect()
+    )
+    zones = zone_of["timezone"].unique().to_list()
     first = local_date(pl.coalesce("before", "lo"), tz, zones)
     last = local_date(pl.coalesce("after", "hi"), tz, zones)
     return (
         spans.lazy()
         .join(around, on="meter_id", how="left")
-        .join(meters.lazy().select("meter_id", "timezone"), on="meter_id", how="left")
-        .with_columns(tz.fill_null(settings.site.timezone))
+        .join(zone_of.lazy(), on="meter_id", how="left")
         .select(
             "meter_id",
             local_midnight(first, tz, zones).alias("window_start"),

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meterlake.analytics.deltas import DEFAULT_MAX_POWER_KW, DEFAULT_WRAP_KWH
-from meterlake.analytics.vee import VeeRun, current_readings, default_meters, vee_versions
+from meterlake.analytics.vee import VeeRun, current_readings, meter_parameters, vee_versions
 from meterlake.analytics.versions import latest_versions
 from meterlake.config.schemas import INTERVALS, READINGS
 from meterlake.ingest.simulator import FleetSpec, simulate_faults, simulate_readings
@@ -34,7 +34,7 @@ def run_once(lake: Path, run_id: str) -> pl.DataFrame:
     readings = scan(lake, READINGS)
     run = VeeRun(run_id=run_id, start=START, end=END)
     appended = vee_versions(
-        readings, scan(lake, INTERVALS), default_meters(readings, "Asia/Shanghai"), run
+        readings, scan(lake, INTERVALS), meter_parameters(readings, None, "Asia/Shanghai"), run
     ).collect()
     write_table(lake, INTERVALS, appended)
     return appended
@@ -152,7 +152,7 @@ def register_history(draw: st.DrawFn) -> pl.DataFrame:
 @given(register_history())
 def test_a_run_is_idempotent_and_never_invents_energy(reads: pl.DataFrame) -> None:
     run = VeeRun(run_id="run-1", start=START, end=START + dt.timedelta(days=2))
-    meters = default_meters(reads.lazy(), "Asia/Shanghai")
+    meters = meter_parameters(reads.lazy(), None, "Asia/Shanghai")
     first = vee_versions(reads.lazy(), pl.LazyFrame(schema=INTERVALS.schema), meters, run)
     first_rows = first.collect()
     again = vee_versions(
