@@ -112,7 +112,7 @@ can run per meter shard.
 
 The grid is aligned to UTC midnight, so its intervals are also whole local intervals in every
 time zone whose offset from UTC is a multiple of the interval length;
-:func:`meterlake.analytics.localtime.local_date` gives the local date of an interval.
+:func:`meterlake.config.localtime.local_date` gives the local date of an interval.
 """
 
 from __future__ import annotations

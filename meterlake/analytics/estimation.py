@@ -73,8 +73,8 @@ from typing import Final
 
 import polars as pl
 
-from meterlake.analytics.localtime import local_time, per_zone
 from meterlake.config.errors import ConfigError
+from meterlake.config.localtime import local_time, per_zone
 from meterlake.config.schemas import IntervalStatus
 from meterlake.config.timezones import is_timezone
 

@@ -59,8 +59,8 @@ from typing import Any, Final
 
 import polars as pl
 
-from meterlake.analytics.localtime import local_date, local_midnight
 from meterlake.config.errors import ConfigError
+from meterlake.config.localtime import local_date, local_midnight
 from meterlake.config.schemas import INTERVALS, IntervalStatus
 from meterlake.config.timezones import check_timezone
 from meterlake.config.vee import VeeRules, VeeSettings

@@ -22,9 +22,9 @@ import polars as pl
 
 from meterlake.analytics.deltas import EXPORT, IMPORT, DeltaFlag, register_intervals
 from meterlake.analytics.estimation import EstimationRules, estimate_intervals
-from meterlake.analytics.localtime import local_date
 from meterlake.analytics.validation import validate
 from meterlake.analytics.versions import new_versions
+from meterlake.config.localtime import local_date
 from meterlake.config.schemas import READINGS, IntervalStatus, Quality
 from meterlake.config.vee import VeeSettings
 

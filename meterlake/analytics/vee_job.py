@@ -36,9 +36,9 @@ import polars as pl
 
 from meterlake.analytics.deltas import REGISTER_QUANTITIES
 from meterlake.analytics.estimation import EstimationRules
-from meterlake.analytics.localtime import local_date, local_midnight
 from meterlake.analytics.vee import VeeRun, daily_history, meter_parameters, vee_versions
 from meterlake.analytics.versions import latest_versions
+from meterlake.config.localtime import local_date, local_midnight
 from meterlake.config.schemas import INTERVALS, METER_EVENTS, READINGS, VEE_RUNS, TableSpec
 from meterlake.config.settings import Settings
 from meterlake.storage.layout import list_partitions, partition_files

@@ -206,6 +206,7 @@ BILLS: Final = TableSpec(
         {
             "bill_id": pl.String(),
             "meter_id": pl.String(),
+            "account": pl.String(),
             "period": pl.String(),
             "period_start": pl.Date(),
             "period_end": pl.Date(),
@@ -214,11 +215,19 @@ BILLS: Final = TableSpec(
             "interval_version": pl.String(),
             "energy_import_kwh": pl.Float64(),
             "energy_export_kwh": pl.Float64(),
-            "total_amount": MONEY,
-            "currency": pl.String(),
+            "billed_import_kwh": pl.Float64(),
+            "export_carry_kwh": pl.Float64(),
             "estimated_share": pl.Float64(),
+            "intervals": pl.Int64(),
+            "intervals_estimated": pl.Int64(),
+            "intervals_missing": pl.Int64(),
+            "total_amount": MONEY,
+            "adjustment_amount": MONEY,
+            "currency": pl.String(),
             "version": pl.Int32(),
             "supersedes": pl.String(),
+            "status": pl.String(),
+            "run_id": pl.String(),
             "issued_at": UTC_TS,
         }
     ),
@@ -227,6 +236,11 @@ BILLS: Final = TableSpec(
     dedup_key=("bill_id",),
     time_column="issued_at",
 )
+"""One row per bill version: a meter's charges for a billing ``period`` (``YYYY-MM``; local dates
+``period_start`` to ``period_end`` exclusive). ``bill_id`` hashes meter, period, tariff and its
+version, the interval data version and the bill version. A corrected bill is a new row with
+``version`` + 1 naming the one it ``supersedes``; ``adjustment_amount`` is its total minus the
+superseded total. ``export_carry_kwh`` is the net-metering credit carried to the next period."""
 
 BILL_LINES: Final = TableSpec(
     name="bill_lines",
@@ -235,6 +249,8 @@ BILL_LINES: Final = TableSpec(
             "line_id": pl.String(),
             "bill_id": pl.String(),
             "period": pl.String(),
+            "line_no": pl.Int32(),
+            "kind": pl.String(),
             "code": pl.String(),
             "description": pl.String(),
             "quantity": pl.Float64(),
@@ -249,6 +265,10 @@ BILL_LINES: Final = TableSpec(
     dedup_key=("line_id",),
     time_column="period",
 )
+"""The lines of a bill, in ``line_no`` order. ``kind`` ``charge`` lines add up to the bill's
+``total_amount`` (each ``amount`` is ``quantity x rate`` rounded once); ``adjustment`` lines of a
+corrected bill give, per code, the change against the superseded version and add up to its
+``adjustment_amount``."""
 
 ALERTS: Final = TableSpec(
     name="alerts",

@@ -33,8 +33,8 @@ from meterlake.analytics.deltas import (
     register_channel_intervals,
     register_intervals,
 )
-from meterlake.analytics.localtime import local_date
 from meterlake.config.errors import ConfigError, SchemaError
+from meterlake.config.localtime import local_date
 from meterlake.config.schemas import READINGS, Quality
 from meterlake.ingest.simulator import (
     FaultKind,

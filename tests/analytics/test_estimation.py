@@ -344,7 +344,7 @@ def test_class_load_profiles_shares_sum_to_one() -> None:
 def test_local_slots_match_per_row_local_time_in_mixed_zones() -> None:
     # local fields are computed once per instant and zone: they must equal the per-row ones,
     # across Berlin's autumn DST change and for a meter missing from the meter table
-    from meterlake.analytics.localtime import local_time
+    from meterlake.config.localtime import local_time
 
     mixed = meters(("m1", "Europe/Berlin", "res"), ("m2", "Asia/Shanghai", "shop"))
     start = dt.datetime(2026, 10, 24, 20, tzinfo=UTC)

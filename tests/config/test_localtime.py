@@ -7,8 +7,8 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from meterlake.analytics.localtime import check_timezone, local_date, local_midnight, local_time
 from meterlake.config.errors import ConfigError
+from meterlake.config.localtime import check_timezone, local_date, local_midnight, local_time
 
 UTC = dt.UTC
 ZONES = ["Asia/Shanghai", "Europe/Berlin", "America/New_York"]
