@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	rm -rf $(DEMO_LAKE)
 	$(BIN)/meterlake init $(DEMO_LAKE)
-	$(BIN)/meterlake simulate --lake $(DEMO_LAKE) --meters 300 --days 21 --seed 7
+	$(BIN)/meterlake simulate --lake $(DEMO_LAKE) --meters 300 --days 31 --start 2026-10-01 --seed 7
 	$(BIN)/meterlake compact --lake $(DEMO_LAKE)
 	$(BIN)/meterlake vee --lake $(DEMO_LAKE)
+	$(BIN)/meterlake bill --lake $(DEMO_LAKE) --period 2026-10
+	$(BIN)/meterlake sql --lake $(DEMO_LAKE) --file examples/demo_bills.sql
 	$(BIN)/meterlake info --lake $(DEMO_LAKE)
 	$(BIN)/meterlake quality --lake $(DEMO_LAKE) --max-rows 10
 	$(BIN)/meterlake sql --lake $(DEMO_LAKE) --file examples/demo_query.sql

@@ -34,7 +34,6 @@ from rich.table import Table
 from meterlake import __version__
 from meterlake.analytics.quality import quality_figures
 from meterlake.analytics.vee_job import run_vee
-from meterlake.analytics.versions import latest_versions
 from meterlake.config.errors import LakeBusyError, MeterlakeError, PermanentError, RetryableError
 from meterlake.config.ids import validate_meter_id
 from meterlake.config.schemas import INTERVALS, METERS, QUARANTINE, READINGS, TABLES
@@ -64,8 +63,13 @@ from meterlake.ingest.spool import Spool
 from meterlake.storage.catalog import connect_catalog, refresh_catalog
 from meterlake.storage.compaction import compact_lake
 from meterlake.storage.layout import init_lake, list_partitions, partition_files, require_lake
-from meterlake.storage.scan import scan
+from meterlake.storage.scan import latest_versions, scan
 from meterlake.storage.writer import write_table
+from meterlake.tariffs.bill_job import run_billing
+from meterlake.tariffs.describe import describe_tariff
+from meterlake.tariffs.model import Tariff
+from meterlake.tariffs.profile import bill_load_profile, read_load_profile
+from meterlake.tariffs.registry import load_tariff_file, load_tariffs
 
 _T = TypeVar("_T")
 
@@ -711,6 +715,133 @@ def status(config: ConfigOpt = None) -> None:
     for table in (subscriptions, devices):
         if table.row_count:
             out.print(table)
+
+
+def _tariffs(config: Path | None, extra: list[Path] | None) -> dict[str, Tariff]:
+    """The catalogue, the config's ``[bill] tariffs_dir`` and the ``--tariffs`` directories."""
+    settings = _settings(config)
+    dirs = [d for d in (settings.bill.tariffs_dir, *(extra or [])) if d is not None]
+    return load_tariffs(dirs)
+
+
+def _one_tariff(name: str, config: Path | None, extra: list[Path] | None) -> Tariff:
+    """A tariff file, or a tariff id of the catalogue / tariff directories."""
+    path = Path(name)
+    if path.suffix in (".toml", ".json"):
+        if not path.is_file():
+            raise PermanentError(f"--tariff {name}: no such file")
+        return load_tariff_file(path)
+    tariffs = _tariffs(config, extra)
+    if name not in tariffs:
+        raise PermanentError(
+            f"--tariff {name!r}: neither a .toml/.json file nor a known tariff id; "
+            "`meterlake tariff list` shows the ids"
+        )
+    return tariffs[name]
+
+
+TariffsOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--tariffs", help="A directory of own tariff files (.toml, URDB .json); repeatable."
+    ),
+]
+
+
+@app.command()
+def bill(
+    lake: LakeOpt = None,
+    config: ConfigOpt = None,
+    period: Annotated[
+        str | None, typer.Option(help="Billing period YYYY-MM: every meter's bill, into the lake.")
+    ] = None,
+    tariffs_dirs: TariffsOpt = None,
+    tariff: Annotated[
+        str | None,
+        typer.Option(help="With --load: a tariff file (.toml, URDB .json) or a tariff id."),
+    ] = None,
+    load: Annotated[
+        Path | None,
+        typer.Option(help="A load profile CSV (timestamp,kwh) to bill month by month."),
+    ] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", "-o", help="With --load: write the JSON here.")
+    ] = None,
+) -> None:
+    """Compute bills: every meter of the lake for a period, or one load profile under a tariff.
+
+    Lake mode (--period) writes only bills that are new or changed: a second run on the same
+    data writes nothing; after corrected intervals a changed bill gets a new version that names
+    the one it supersedes, with adjustment lines.
+    """
+    if load is not None:
+        if tariff is None:
+            raise PermanentError("--load needs --tariff FILE-or-ID")
+        chosen = _one_tariff(tariff, config, tariffs_dirs)
+        result = bill_load_profile(read_load_profile(load, chosen), chosen)
+        _emit(json.dumps(result, indent=2, ensure_ascii=False), out_file)
+        return
+    if period is None:
+        raise PermanentError("give --period YYYY-MM (lake bills) or --load FILE --tariff T")
+    root = _lake(lake, config)
+    tariffs = _tariffs(config, tariffs_dirs)
+    run_id = f"bill-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    with _progress() as progress:
+        progress.add_task(f"billing {period}", total=None)
+        result_run = run_billing(root, tariffs, period, run_id=run_id, now=dt.datetime.now(dt.UTC))
+    _refresh(root)
+    written = result_run.bills
+    new = written.filter(pl.col("version") == 1).height
+    out.print(
+        f"bills {result_run.period} ({run_id}): {result_run.billed} meters billed, "
+        f"{new} new, {written.height - new} corrected, {result_run.unchanged} unchanged; "
+        f"{result_run.lines.height} lines written"
+    )
+    if written.height:
+        by_currency = (
+            written.group_by("currency").agg(pl.col("total_amount").sum()).sort("currency")
+        )
+        totals = ", ".join(f"{c} {a}" for c, a in by_currency.iter_rows())
+        out.print(f"  total of the bills written: {totals}")
+    if result_run.skipped.height:
+        reasons = result_run.skipped.group_by("reason").len().sort("reason")
+        for reason, count in reasons.iter_rows():
+            err.print(f"[yellow]skipped[/] {count} meters: {escape(reason)}")
+
+
+tariff_app = typer.Typer(help="Tariffs: check a file, list the catalogue.", no_args_is_help=True)
+app.add_typer(tariff_app, name="tariff")
+
+
+@tariff_app.command("check")
+def tariff_check(
+    path: Annotated[Path, typer.Argument(help="A tariff file (.toml or URDB .json).")],
+) -> None:
+    """Validate a tariff file and print its summary and price grid."""
+    if not path.is_file():
+        raise PermanentError(f"{path}: no such file")
+    out.print(describe_tariff(load_tariff_file(path)))
+
+
+@tariff_app.command("list")
+def tariff_list(config: ConfigOpt = None, tariffs_dirs: TariffsOpt = None) -> None:
+    """The tariffs meterlake knows: the catalogue and your tariff directories."""
+    tariffs = _tariffs(config, tariffs_dirs)
+    table = Table("id", "name", "currency", "versions", "periods", "tiers")
+    table.columns[0].no_wrap = True
+    table.columns[0].min_width = max((len(t) for t in tariffs), default=2)
+    for tariff_id, item in sorted(tariffs.items()):
+        latest = item.versions[-1]
+        table.add_row(
+            escape(tariff_id),
+            escape(item.name),
+            item.currency,
+            str(len(item.versions)),
+            escape(", ".join(latest.periods)),
+            str(latest.energy.tier_count)
+            + (f" ({latest.energy.tier_reset})" if latest.energy.tiered else ""),
+        )
+    out.print(table)
 
 
 @app.callback(invoke_without_command=True)

@@ -37,12 +37,11 @@ import polars as pl
 from meterlake.analytics.deltas import REGISTER_QUANTITIES
 from meterlake.analytics.estimation import EstimationRules
 from meterlake.analytics.vee import VeeRun, daily_history, meter_parameters, vee_versions
-from meterlake.analytics.versions import latest_versions
 from meterlake.config.localtime import local_date, local_midnight
 from meterlake.config.schemas import INTERVALS, METER_EVENTS, READINGS, VEE_RUNS, TableSpec
 from meterlake.config.settings import Settings
 from meterlake.storage.layout import list_partitions, partition_files
-from meterlake.storage.scan import scan, scan_current_meters, scan_files
+from meterlake.storage.scan import latest_versions, scan, scan_current_meters, scan_files
 from meterlake.storage.writer import write_table
 
 CLOCK_SLACK: Final = dt.timedelta(minutes=10)

@@ -14,25 +14,13 @@ from typing import Final
 import polars as pl
 
 from meterlake.config.schemas import INTERVALS
+from meterlake.storage.scan import INTERVAL_KEY, latest_versions
 
-KEY: Final = ("meter_id", "interval_start")
+KEY: Final = INTERVAL_KEY
 COMPARED: Final = ("interval_minutes", "status", "flags", "method")
 ENERGY: Final = ("energy_import_kwh", "energy_export_kwh")
 ENERGY_TOLERANCE_KWH: Final = 1e-9
 """Energy differences below this are float noise of a recomputation, not a change [kWh]."""
-
-
-def latest_versions(intervals: pl.LazyFrame) -> pl.LazyFrame:
-    """The highest version of each (meter, interval) -- what ``intervals_current`` shows.
-
-    >>> import datetime as dt
-    >>> t = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
-    >>> rows = pl.LazyFrame({"meter_id": ["m1", "m1"], "interval_start": [t, t],
-    ...                      "version": [1, 2], "energy_import_kwh": [0.5, 0.6]})
-    >>> latest_versions(rows).collect()["energy_import_kwh"].to_list()
-    [0.6]
-    """
-    return intervals.sort("version").group_by(KEY, maintain_order=True).last()
 
 
 def new_versions(computed: pl.LazyFrame, stored: pl.LazyFrame, run_id: str) -> pl.LazyFrame:

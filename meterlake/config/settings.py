@@ -150,6 +150,14 @@ class ApiSettings(_Section):
     tokens: tuple[ApiToken, ...] = ()
 
 
+class BillSettings(_Section):
+    """Bill runs (``meterlake bill``)."""
+
+    tariffs_dir: Path | None = None
+    """A directory of the installation's own tariff files (native ``.toml``, URDB ``.json``), in
+    addition to the shipped catalogue."""
+
+
 _C = TypeVar("_C", bound=MqttConnection)
 
 
@@ -166,6 +174,7 @@ class Settings(_Section):
     api: ApiSettings = ApiSettings()
     vee: VeeSettings = VeeSettings()
     """Validation rules of interval data (``[vee]``, per meter group ``[vee.groups.<name>]``)."""
+    bill: BillSettings = BillSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -250,8 +259,16 @@ def _resolve_relative_paths(settings: Settings, base: Path) -> Settings:
             else resolve(settings.collect.profiles_dir),
         }
     )
+    bill = settings.bill.model_copy(
+        update={
+            "tariffs_dir": None
+            if settings.bill.tariffs_dir is None
+            else resolve(settings.bill.tariffs_dir)
+        }
+    )
     return settings.model_copy(
         update={
+            "bill": bill,
             "lake": lake,
             "mqtt": brokers,
             "spool": spool,

@@ -206,10 +206,20 @@ def simulate_meters(spec: FleetSpec) -> pl.DataFrame:
     )
 
 
+SIMULATED_TARIFFS: Final = {
+    "household": "cn-zj-residential-tiered",
+    "household_tou": "cn-zj-residential-tou",
+    "business": "cn-hb-industrial-two-part-10kv",
+}
+"""Catalogue tariffs the simulated meters bill under: households alternate between Zhejiang's
+tiered and peak/valley residential tariffs, businesses take Hubei's two-part industrial one."""
+
+
 def simulate_meter_records(spec: FleetSpec, updated_at: dt.datetime) -> pl.DataFrame:
     """The simulated meters as master data in the ``meters`` contract: group = segment
     (``household`` / ``business``), PV meters bidirectional, others import-only, the gateway as
-    feeder; everything else left to the defaults."""
+    feeder, a catalogue tariff (:data:`SIMULATED_TARIFFS`) billed on calendar months; everything
+    else left to the defaults."""
     meters = simulate_meters(spec)
     return meters.select(
         pl.col(c) if c == "meter_id" else pl.lit(None, dtype).alias(c)
@@ -220,6 +230,13 @@ def simulate_meter_records(spec: FleetSpec, updated_at: dt.datetime) -> pl.DataF
         (~meters["has_pv"]).alias("import_only"),
         meters["has_pv"].alias("pv"),
         meters["source"].alias("feeder"),
+        pl.when(meters["segment"] == "business")
+        .then(pl.lit(SIMULATED_TARIFFS["business"]))
+        .when(pl.int_range(pl.len()) % 2 == 0)
+        .then(pl.lit(SIMULATED_TARIFFS["household"]))
+        .otherwise(pl.lit(SIMULATED_TARIFFS["household_tou"]))
+        .alias("tariff_id"),
+        pl.lit(1, dtype=pl.Int8).alias("billing_day"),
         pl.lit(updated_at).dt.convert_time_zone("UTC").alias("updated_at"),
     )
 

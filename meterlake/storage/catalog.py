@@ -11,7 +11,10 @@ An analyst opens it with ``duckdb <lake>/catalog.duckdb`` (or ``meterlake sql``)
     meters_current      the latest record of each meter
     meter_events        recorded meter replacements and register resets
     vee_runs            one row per VEE run: range, meters, rows written
-    bills, bill_lines, alerts, quarantine
+    bills               every version of every bill (+ ``period``)
+    bills_current       the latest version of each meter's bill of each period
+    bill_lines          the lines of every bill version; ``bill_lines_current``: of current bills
+    alerts, quarantine
     quantities          the canonical quantity names and their units
     quality_flags       the flags a reading's ``quality`` may hold
 
@@ -29,6 +32,8 @@ import duckdb
 
 from meterlake.config.errors import LakeBusyError, PermanentError
 from meterlake.config.schemas import (
+    BILL_LINES,
+    BILLS,
     INTERVALS,
     METERS,
     QUALITY_MEANINGS,
@@ -116,6 +121,16 @@ QUALIFY row_number() OVER (
 """
 
 
+BILLS_CURRENT_SQL: Final = f"""
+SELECT * FROM {BILLS.name}
+QUALIFY row_number() OVER (PARTITION BY meter_id, period ORDER BY version DESC, issued_at DESC) = 1
+"""
+
+BILL_LINES_CURRENT_SQL: Final = f"""
+SELECT l.* FROM {BILL_LINES.name} AS l SEMI JOIN bills_current AS b USING (bill_id)
+"""
+
+
 METERS_CURRENT_SQL: Final = f"""
 SELECT * FROM {METERS.name}
 QUALIFY row_number() OVER (PARTITION BY meter_id ORDER BY updated_at DESC, date DESC) = 1
@@ -149,6 +164,8 @@ def refresh_catalog(root: Path) -> Path:
         con.execute(f"CREATE OR REPLACE VIEW readings_current AS {READINGS_CURRENT_SQL}")
         con.execute(f"CREATE OR REPLACE VIEW intervals_current AS {INTERVALS_CURRENT_SQL}")
         con.execute(f"CREATE OR REPLACE VIEW meters_current AS {METERS_CURRENT_SQL}")
+        con.execute(f"CREATE OR REPLACE VIEW bills_current AS {BILLS_CURRENT_SQL}")
+        con.execute(f"CREATE OR REPLACE VIEW bill_lines_current AS {BILL_LINES_CURRENT_SQL}")
         con.execute("CREATE OR REPLACE TABLE quantities (quantity VARCHAR, unit VARCHAR)")
         con.executemany("INSERT INTO quantities VALUES (?, ?)", list(QUANTITIES.items()))
         con.execute("CREATE OR REPLACE TABLE quality_flags (flag VARCHAR, meaning VARCHAR)")

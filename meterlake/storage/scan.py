@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Final
 
 import polars as pl
 
-from meterlake.config.schemas import METERS, TableSpec
+from meterlake.config.schemas import INTERVALS, METERS, TableSpec
 from meterlake.storage.layout import list_partitions, partition_files
+
+INTERVAL_KEY: Final = ("meter_id", "interval_start")
+"""The key of an interval; ``version`` tells its versions apart."""
 
 
 def partition_bounds(
@@ -86,3 +90,40 @@ def scan_current_meters(root: Path) -> pl.LazyFrame:
         .group_by("meter_id", maintain_order=True)
         .last()
     )
+
+
+def latest_versions(intervals: pl.LazyFrame) -> pl.LazyFrame:
+    """The highest version of each (meter, interval) -- what ``intervals_current`` shows.
+
+    Most intervals only ever have version 1, so the plan picks the latest of the few keys with
+    later versions (a small group-by) and takes every other key's version 1 as it is, instead of
+    grouping every row. It relies on the table's dedup key: a (meter, interval, version) is
+    stored once (writers append only new versions; compaction removes exact copies).
+
+    >>> import datetime as dt
+    >>> t = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+    >>> rows = pl.LazyFrame({"meter_id": ["m1", "m1", "m2"], "interval_start": [t, t, t],
+    ...                      "version": [1, 2, 1], "energy_import_kwh": [0.5, 0.6, 0.7]})
+    >>> latest_versions(rows).collect().sort("meter_id")["energy_import_kwh"].to_list()
+    [0.6, 0.7]
+    """
+    key = list(INTERVAL_KEY)
+    later = (
+        intervals.filter(pl.col("version") > 1)
+        .sort("version")
+        .group_by(key, maintain_order=True)
+        .last()
+    )
+    first = intervals.filter(pl.col("version") <= 1).join(later.select(key), on=key, how="anti")
+    return pl.concat([first, later], how="vertical")
+
+
+def scan_current_intervals(
+    root: Path, start: dt.datetime | None = None, end: dt.datetime | None = None
+) -> pl.LazyFrame:
+    """The current version of every interval in ``[start, end)``: :func:`latest_versions`,
+    after one cheap look at whether the range holds any later version at all (most ranges do
+    not, and then every row is current as it is)."""
+    intervals = scan(root, INTERVALS, start, end)
+    later = intervals.filter(pl.col("version") > 1).select(INTERVAL_KEY).head(1).collect()
+    return latest_versions(intervals) if later.height else intervals

@@ -33,7 +33,14 @@ from typing import Final, Literal
 import polars as pl
 
 from meterlake.config.errors import PermanentError
-from meterlake.tariffs.model import DAY_TYPES, SLOT_MINUTES, SLOTS_PER_DAY, Tariff, TariffVersion
+from meterlake.tariffs.model import (
+    ALL_PERIODS,
+    DAY_TYPES,
+    SLOT_MINUTES,
+    SLOTS_PER_DAY,
+    Tariff,
+    TariffVersion,
+)
 
 STEP_MINUTES: Final = 5
 """Resolution of the class tables [min]: every interval grid (5/15/30/60 min) starts on a step."""
@@ -41,13 +48,15 @@ RATE_SCALE: Final = 14
 """Rates are multiplied at this scale so ``quantity (6 decimals) x rate (8)`` is exact before the
 one rounding of a line."""
 QUANTITY_DECIMALS: Final = 6
+_KWH_EPSILON: Final = 1e-9
+_TOU_KEYS: Final = ["meter_idx", "period", "version", "tou"]
 _DECIMAL: Final = pl.Decimal(38, RATE_SCALE)
 _MONEY: Final = pl.Decimal(38, 4)
 _NO_CLASS: Final = -1
 
 # order of lines on a bill
 _ORDER_ENERGY, _ORDER_DEMAND, _ORDER_FIXED, _ORDER_MINIMUM = 100, 200, 300, 400
-_ORDER_LEVY, _ORDER_EXPORT, _ORDER_TRUE_UP, _ORDER_TAX = 500, 600, 700, 900
+_ORDER_LEVY, _ORDER_EXPORT, _ORDER_TRUE_UP, _ORDER_TAX, _ORDER_CARRY = 500, 600, 700, 900, 950
 
 
 class BillingError(PermanentError):
@@ -62,8 +71,9 @@ class BillFrames:
     tariff_id, tariff_version, currency, energy_import_kwh, energy_export_kwh, billed_import_kwh,
     estimated_share, intervals, intervals_estimated, intervals_missing, interval_version,
     export_carry_kwh, total_amount``.
-    ``lines``: ``meter_id, period, line_no, code, description, quantity, unit, rate, amount,
-    currency`` in bill order.
+    ``lines``: ``meter_id, period, line_no, kind, code, description, quantity, unit, rate,
+    amount, currency`` in bill order; ``kind`` ``charge`` lines add up to the total, ``carry``
+    lines (amount 0) give the net-metering credit each TOU period carries to the next bill.
     """
 
     bills: pl.DataFrame
@@ -109,12 +119,15 @@ def compute_bills(
         ``meter_id, window_start, kwh``: import [kWh] of a tier window before the first period
         billed here (from :func:`prior_windows`); absent windows count 0.
     carry_in
-        ``meter_id, export_carry_kwh``: net-metering credit carried into the first period [kWh].
+        ``meter_id, tou, export_carry_kwh``: net-metering credit of each TOU period carried into
+        the first period [kWh] (the ``carry`` lines of the bill before).
     """
     labels = sorted({_label(p) for p in periods})
     meters = _meter_combos(meters, tariffs)
     classes, steps, segments, t0, n_steps = _class_tables(meters, tariffs, labels)
-    aggregated = _aggregate(intervals, meters, steps, classes, t0, n_steps)
+    used = [tariffs[i] for i in meters["tariff_id"].unique()]
+    needs_power = any(version.demand for tariff in used for version in tariff.versions)
+    aggregated = _aggregate(intervals, meters, steps, classes, t0, n_steps, needs_power=needs_power)
     return _bills(
         aggregated,
         intervals,
@@ -128,6 +141,20 @@ def compute_bills(
         prior_kwh,
         carry_in,
     )
+
+
+def bill_range(periods: Sequence[str]) -> tuple[dt.datetime, dt.datetime]:
+    """UTC instants that hold every bill of ``periods`` for any billing day and zone.
+
+    Generous on purpose: the earliest bill starts on the 1st, the latest ends on the 29th at the
+    latest, in zones from UTC+14 to UTC-12; the class tables place each interval exactly.
+    """
+    labels = sorted({_label(p) for p in periods})
+    first_y, first_m = _parse_period(labels[0])
+    last_y, last_m = _add_months(*_parse_period(labels[-1]), 1)
+    t0 = dt.datetime(first_y, first_m, 1, tzinfo=dt.UTC) - dt.timedelta(hours=14)
+    t1 = dt.datetime(last_y, last_m, 1, tzinfo=dt.UTC) + dt.timedelta(days=28, hours=12)
+    return t0, t1
 
 
 def prior_windows(meters: pl.DataFrame, tariffs: Mapping[str, Tariff], period: str) -> pl.DataFrame:
@@ -271,12 +298,7 @@ def _class_tables(
     (``combo, period, version, days, bill_days, period_start, period_end``), the UTC origin and
     the steps per combo.
     """
-    first_y, first_m = _parse_period(labels[0])
-    last_y, last_m = _add_months(*_parse_period(labels[-1]), 1)
-    # generous bounds: the earliest bill starts on the 1st, the latest ends on the 29th at the
-    # latest, in zones from UTC+14 to UTC-12
-    t0 = dt.datetime(first_y, first_m, 1, tzinfo=dt.UTC) - dt.timedelta(hours=14)
-    t1 = dt.datetime(last_y, last_m, 29, tzinfo=dt.UTC) + dt.timedelta(hours=12)
+    t0, t1 = bill_range(labels)
     n_steps = int((t1 - t0) / dt.timedelta(minutes=STEP_MINUTES))
     combos = meters.select("combo", "tariff_id", "billing_day", "ty_month", "ty_day").unique()
     label_set = set(labels)
@@ -430,15 +452,19 @@ def _combo_steps(
 def _with_class(
     intervals: pl.LazyFrame, meters: pl.DataFrame, steps: pl.Series, t0: dt.datetime, n_steps: int
 ) -> pl.LazyFrame:
-    """``intervals`` of the billed meters with ``meter_idx`` and their ``class``."""
+    """``intervals`` of the billed meters with their ``class`` (and ``meter_idx`` unless all
+    meters share one combo: then the join waits until after the group-by, on far fewer rows)."""
     t1 = t0 + dt.timedelta(minutes=STEP_MINUTES * n_steps)
     step = (pl.col("interval_start") - pl.lit(t0)).dt.total_minutes() // STEP_MINUTES
-    return (
-        intervals.filter(pl.col("interval_start").is_between(t0, t1, closed="left"))
-        .join(meters.lazy().select("meter_id", "meter_idx", "combo"), on="meter_id")
-        .with_columns(
-            pl.lit(steps).gather(pl.col("combo") * n_steps + step).alias("class"),
+    frame = intervals.filter(pl.col("interval_start").is_between(t0, t1, closed="left"))
+    if meters["combo"].n_unique() == 1:
+        base = int(meters["combo"][0]) * n_steps
+        return frame.with_columns(pl.lit(steps).gather(step + base).alias("class")).filter(
+            pl.col("class") != _NO_CLASS
         )
+    return (
+        frame.join(meters.lazy().select("meter_id", "meter_idx", "combo"), on="meter_id")
+        .with_columns(pl.lit(steps).gather(pl.col("combo") * n_steps + step).alias("class"))
         .filter(pl.col("class") != _NO_CLASS)
     )
 
@@ -450,31 +476,48 @@ def _aggregate(
     classes: pl.DataFrame,
     t0: dt.datetime,
     n_steps: int,
+    *,
+    needs_power: bool,
 ) -> pl.DataFrame:
-    """Energy, power and quality per (meter, class): the only pass over every interval."""
-    version = (
-        pl.col("version").cast(pl.Int64).sum()
-        if "version" in intervals.collect_schema().names()
-        else pl.len().cast(pl.Int64)
-    )
+    """Energy, power and quality per (meter, class): the only pass over every interval.
+
+    Per-row values are computed as columns first so the group-by runs only plain sums, maxima
+    and counts (its fast path).
+    """
     imported = pl.col("energy_import_kwh")
     estimated = pl.col("status") == "estimated"
-    return (
-        _with_class(intervals, meters, steps, t0, n_steps)
-        .group_by("meter_idx", "class")
+    # power only matters to demand charges: without any, the column is not even read
+    power = (imported * 60.0 / pl.col("interval_minutes")) if needs_power else pl.lit(0.0)
+    classed = _with_class(intervals, meters, steps, t0, n_steps)
+    key = "meter_idx" if "meter_idx" in classed.collect_schema().names() else "meter_id"
+    aggregated = (
+        classed.select(
+            key,
+            "class",
+            imported,
+            "energy_export_kwh",
+            power.alias("kw"),
+            pl.when(estimated).then(imported).otherwise(0.0).alias("estimated_kwh"),
+            estimated.cast(pl.Int64).alias("estimated"),
+            (pl.col("status") == "missing").cast(pl.Int64).alias("missing"),
+        )
+        .group_by(key, "class")
         .agg(
             import_kwh=imported.sum(),
             export_kwh=pl.col("energy_export_kwh").sum(),
-            max_kw=(imported * 60.0 / pl.col("interval_minutes")).max(),
-            estimated_kwh=imported.filter(estimated).sum(),
+            max_kw=pl.col("kw").max(),
+            estimated_kwh=pl.col("estimated_kwh").sum(),
             intervals=pl.len(),
-            estimated=estimated.sum(),
-            missing=(pl.col("status") == "missing").sum(),
-            version_sum=version,
+            estimated=pl.col("estimated").sum(),
+            missing=pl.col("missing").sum(),
         )
         .collect()
-        .join(classes.drop("combo"), on="class")
     )
+    if key == "meter_id":  # only the billed meters, by index
+        aggregated = aggregated.join(meters.select("meter_id", "meter_idx"), on="meter_id").drop(
+            "meter_id"
+        )
+    return aggregated.join(classes.drop("combo"), on="class")
 
 
 # --- from aggregates to lines ------------------------------------------------------------------
@@ -675,14 +718,13 @@ def _bills(
                 intervals=pl.col("intervals").sum(),
                 intervals_estimated=pl.col("estimated").sum(),
                 intervals_missing=pl.col("missing").sum(),
-                version_sum=pl.col("version_sum").sum(),
             ),
             on=bill_keys,
             how="left",
         )
         .with_columns(
             pl.col("energy_import_kwh", "energy_export_kwh", "estimated_kwh").fill_null(0.0),
-            pl.col("intervals", "intervals_estimated", "intervals_missing", "version_sum")
+            pl.col("intervals", "intervals_estimated", "intervals_missing")
             .fill_null(0)
             .cast(pl.Int64),
         )
@@ -690,10 +732,15 @@ def _bills(
     )
     last_version = segments.group_by("combo", "period").agg(last_version=pl.col("version").max())
     bills = bills.join(last_version, on=["combo", "period"])
-    bills = _net_metering(bills, tables["export"], carry_in)
+    bills, factors = _net_metering(bills, aggregated, tables["export"], carry_in)
     aggregated = aggregated.join(
-        bills.select(*bill_keys, "billed_factor"), on=bill_keys
+        factors.select(*bill_keys, "tou", "billed_factor"), on=[*bill_keys, "tou"]
     ).with_columns(billed_kwh=pl.col("import_kwh") * pl.col("billed_factor"))
+    bills = bills.join(
+        aggregated.group_by(bill_keys).agg(billed_import_kwh=pl.col("billed_kwh").sum()),
+        on=bill_keys,
+        how="left",
+    ).with_columns(pl.col("billed_import_kwh").fill_null(0.0))
     seg = segments.join(meters.select("meter_idx", "combo", "tariff_id"), on="combo")
     lines = [
         _energy_lines(
@@ -703,6 +750,7 @@ def _bills(
         _fixed_lines(seg, tables["fixed"]),
         _levy_lines(aggregated, tables["levies"]),
         _export_lines(aggregated, bills, tables["export"]),
+        _carry_lines(factors, bills),
     ]
     priced = _rounded(pl.concat(lines, how="diagonal_relaxed"), bills)
     priced = pl.concat(
@@ -717,10 +765,19 @@ def _bills(
 
 
 def _net_metering(
-    bills: pl.DataFrame, export: pl.DataFrame, carry_in: pl.DataFrame | None
-) -> pl.DataFrame:
-    """``billed_factor`` (share of import billed after netting), ``export_carry_kwh`` (credit
-    carried out) and ``true_up_kwh`` (credit paid out in the true-up month) per bill."""
+    bills: pl.DataFrame,
+    aggregated: pl.DataFrame,
+    export: pl.DataFrame,
+    carry_in: pl.DataFrame | None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Net metering as NREL SAM does it: each TOU period's import and export are netted over the
+    bill; a period's surplus is a kWh credit carried to the same period of the next bills; in
+    the true-up month what is left is paid out and the credit restarts at zero.
+
+    Returns the bills with ``export_carry_kwh`` (credit carried out, all periods) and
+    ``true_up_kwh``, and per (meter, period, TOU period) the ``billed_factor`` (share of the
+    import billed after netting) and ``carry_kwh``.
+    """
     rules = export.filter(pl.col("tou").is_null()).select(
         "tariff_id",
         pl.col("version").alias("last_version"),
@@ -728,52 +785,130 @@ def _net_metering(
         "true_up_month",
         pl.col("rate").alias("true_up_rate"),
     )
-    carry = (
-        carry_in.select("meter_id", pl.col("export_carry_kwh").alias("carry_start"))
-        if carry_in is not None
-        else pl.DataFrame(schema={"meter_id": pl.String, "carry_start": pl.Float64})
-    )
-    frame = (
-        bills.join(rules, on=["tariff_id", "last_version"], how="left")
-        .join(carry, on="meter_id", how="left")
-        .sort("meter_idx", "period")
-    )
+    bills = bills.join(rules, on=["tariff_id", "last_version"], how="left")
+    if not (bills["mode"] == "net_metering").any() and (carry_in is None or carry_in.is_empty()):
+        # no bill nets: everything imported is billed, nothing is carried
+        factors = aggregated.select("meter_idx", "period", "tou").unique()
+        return (
+            bills.with_columns(export_carry_kwh=pl.lit(0.0), true_up_kwh=pl.lit(0.0)).drop("mode"),
+            factors.with_columns(billed_factor=pl.lit(1.0), carry_kwh=pl.lit(0.0)),
+        )
     netting = pl.col("mode") == "net_metering"
     true_up = netting & (pl.col("period").str.slice(5, 2).cast(pl.Int32) == pl.col("true_up_month"))
+    keys = ["meter_idx", "period", "tou"]
+    carry = (
+        carry_in.select("meter_id", "tou", pl.col("export_carry_kwh").alias("carry_start"))
+        if carry_in is not None
+        else pl.DataFrame(
+            schema={"meter_id": pl.String, "tou": pl.String, "carry_start": pl.Float64}
+        )
+    )
+    # every bill of a meter gets a row for every TOU period the meter has energy or credit in,
+    # so a credit runs on (and is paid at the true-up) through bills without intervals
+    tous = pl.concat(
+        [
+            aggregated.select("meter_idx", "tou"),
+            carry.join(bills.select("meter_id", "meter_idx").unique(), on="meter_id").select(
+                "meter_idx", "tou"
+            ),
+        ]
+    ).unique()
+    flows = (
+        bills.select("meter_idx", "period")
+        .join(tous, on="meter_idx")
+        .join(
+            aggregated.group_by(keys).agg(
+                imported=pl.col("import_kwh").sum(), exported=pl.col("export_kwh").sum()
+            ),
+            on=keys,
+            how="left",
+        )
+        .with_columns(pl.col("imported", "exported").fill_null(0.0))
+        .join(
+            bills.select("meter_idx", "meter_id", "period", netting.alias("netting"),
+                         true_up.fill_null(False).alias("true_up")),
+            on=["meter_idx", "period"],
+        )
+        .join(carry, on=["meter_id", "tou"], how="left")
+        .sort("meter_idx", "tou", "period")
+    )  # fmt: skip
     # a cycle ends with its true-up month; the first cycle of each meter starts with its carry
-    cycle = true_up.cast(pl.Int32).cum_sum().shift(1, fill_value=0).over("meter_idx")
+    cycle = (
+        pl.col("true_up").cast(pl.Int32).cum_sum().shift(1, fill_value=0).over("meter_idx", "tou")
+    )
     start = pl.when(pl.col("cycle") == 0).then(pl.col("carry_start").fill_null(0.0)).otherwise(0.0)
-    step = pl.col("energy_export_kwh") - pl.col("energy_import_kwh")
-    frame = (
-        frame.with_columns(cycle=cycle)
-        .with_columns(first_in_cycle=pl.int_range(pl.len()).over("meter_idx", "cycle") == 0)
+    group = ["meter_idx", "tou", "cycle"]
+    flows = (
+        flows.with_columns(cycle=cycle)
+        .with_columns(first=pl.int_range(pl.len()).over(group) == 0)
         .with_columns(
-            # the carried credit follows W = max(W_prev + x, 0): a running sum minus its running
-            # minimum (Lindley), restarted at each true-up
-            running=(pl.when(pl.col("first_in_cycle")).then(start).otherwise(0.0) + step)
+            # the credit follows W = max(W_prev + export - import, 0): a running sum minus its
+            # running minimum (Lindley's recursion), restarted at each true-up
+            running=(
+                pl.when(pl.col("first")).then(start).otherwise(0.0)
+                + pl.col("exported")
+                - pl.col("imported")
+            )
             .cum_sum()
-            .over("meter_idx", "cycle")
+            .over(group)
         )
         .with_columns(
             credit=pl.col("running")
-            - pl.min_horizontal(pl.col("running").cum_min(), 0.0).over("meter_idx", "cycle")
+            - pl.min_horizontal(pl.col("running").cum_min(), 0.0).over(group)
+        )
+        .with_columns(
+            credit_in=pl.when(pl.col("first"))
+            .then(start)
+            .otherwise(pl.col("credit").shift(1).over(group))
         )
     )
-    credit_in = (
-        pl.when(pl.col("first_in_cycle"))
-        .then(start)
-        .otherwise(pl.col("credit").shift(1).over("meter_idx"))
-    )
-    billed = pl.max_horizontal(
-        pl.col("energy_import_kwh") - pl.col("energy_export_kwh") - credit_in, 0.0
-    )
-    return frame.with_columns(
-        billed_factor=pl.when(netting & (pl.col("energy_import_kwh") > 0))
-        .then(billed / pl.col("energy_import_kwh"))
+    billed = pl.max_horizontal(pl.col("imported") - pl.col("exported") - pl.col("credit_in"), 0.0)
+    factors = flows.select(
+        *keys,
+        billed_factor=pl.when(pl.col("netting") & (pl.col("imported") > _KWH_EPSILON))
+        .then(billed / pl.col("imported"))
         .otherwise(1.0),
-        export_carry_kwh=pl.when(netting & ~true_up).then(pl.col("credit")).otherwise(0.0),
-        true_up_kwh=pl.when(true_up).then(pl.col("credit")).otherwise(0.0),
-    ).drop("cycle", "first_in_cycle", "running", "credit", "carry_start", "mode")
+        carry_kwh=pl.when(pl.col("netting") & ~pl.col("true_up"))
+        .then(pl.col("credit"))
+        .otherwise(0.0),
+        paid_kwh=pl.when(pl.col("true_up")).then(pl.col("credit")).otherwise(0.0),
+    )
+    totals = factors.group_by("meter_idx", "period").agg(
+        export_carry_kwh=pl.col("carry_kwh").sum(), true_up_kwh=pl.col("paid_kwh").sum()
+    )
+    bills = bills.join(totals, on=["meter_idx", "period"], how="left").with_columns(
+        pl.col("export_carry_kwh", "true_up_kwh").fill_null(0.0)
+    )
+    return bills.drop("mode"), factors.drop("paid_kwh")
+
+
+def _carry_lines(factors: pl.DataFrame, bills: pl.DataFrame) -> pl.DataFrame:
+    """The net-metering credit each TOU period carries out of the bill (amount 0): what the
+    next bill starts from."""
+    carried = factors.filter(pl.col("carry_kwh") > _KWH_EPSILON)
+    if carried.is_empty():
+        return pl.DataFrame()
+    return carried.join(
+        bills.select("meter_idx", "period", pl.col("last_version").alias("version")),
+        on=["meter_idx", "period"],
+    ).select(
+        "meter_idx",
+        "period",
+        "version",
+        pl.lit(_ORDER_CARRY).alias("order"),
+        pl.lit("carry").alias("kind"),
+        pl.when(pl.col("tou") == ALL_PERIODS)
+        .then(pl.lit("export_carry"))
+        .otherwise(pl.format("export_carry_{}", "tou"))
+        .alias("code"),
+        pl.when(pl.col("tou") == ALL_PERIODS)
+        .then(pl.lit("export credit carried to the next bill"))
+        .otherwise(pl.format("export credit carried to the next bill ({})", "tou"))
+        .alias("description"),
+        pl.col("carry_kwh").alias("quantity"),
+        pl.lit("kWh").alias("unit"),
+        pl.lit(Decimal(0), dtype=_DECIMAL).alias("rate"),
+    )
 
 
 def _energy_lines(
@@ -815,7 +950,12 @@ def _energy_lines(
     block = pl.min_horizontal(
         pl.max_horizontal(pl.col("prior") + pl.col("total"), "lo"), "hi"
     ) - pl.min_horizontal(pl.max_horizontal("prior", "lo"), "hi")
-    share = pl.when(pl.col("total") > 0).then(pl.col("billed_kwh") / pl.col("total")).otherwise(0.0)
+    # below a microwatt-hour the shares are float noise (and subnormal divisions give inf)
+    share = (
+        pl.when(pl.col("total") > _KWH_EPSILON)
+        .then(pl.col("billed_kwh") / pl.col("total"))
+        .otherwise(0.0)
+    )
     rated = per_class.join(tiers, on=["tariff_id", "version", "tou"]).with_columns(
         crossing=(pl.col("prior") < pl.col("lo"))
         & (pl.col("prior") + pl.col("total") > pl.col("lo"))
@@ -838,7 +978,12 @@ def _energy_lines(
         .group_by("meter_idx", "period", "version", "tariff_id", "tou", "tier")
         .agg(pl.col("quantity").sum())
         .join(tiers.drop("lo", "hi", "split"), on=["tariff_id", "version", "tou", "tier"])
-        .filter((pl.col("quantity") > 0) | (pl.col("tier") == 1))
+        # a tier line with nothing in it is noise; a TOU period without any energy keeps its
+        # first tier's line (0 kWh), so every period of the tariff shows on the bill
+        .filter(
+            (pl.col("quantity") > _KWH_EPSILON)
+            | ((pl.col("tier") == 1) & (pl.col("quantity").max().over(_TOU_KEYS) <= _KWH_EPSILON))
+        )
     )
     return lines.select(
         "meter_idx",
@@ -870,33 +1015,94 @@ def _chronological(
     crossing: pl.DataFrame,
     tiers: pl.DataFrame,
 ) -> pl.DataFrame:
-    """Tier quantities of the groups that cross a bound, filling tiers in time order."""
+    """Tier quantities of the groups that cross a bound, filling tiers in time order.
+
+    Only the crossing meters' intervals are read again; everything per row is integer work:
+    the class gives the tier window group and the tier bounds by gather, the running total
+    decides how much of each interval falls in each tier.
+    """
     keys = ["meter_idx", "period", "version", "window_start"]
-    crossing_meters = meters.join(crossing.select("meter_idx").unique(), on="meter_idx")
-    factors = aggregated.select("meter_idx", "period", "billed_factor").unique()
-    classes = aggregated.select("class", *keys[1:], "tou", "tariff_id").unique()
-    rows = (
-        _with_class(intervals, crossing_meters, steps, t0, n_steps)
-        .select("meter_idx", "interval_start", "class", "energy_import_kwh")
-        .collect()
-        .join(classes, on="class")
-        .join(crossing.select(keys), on=keys)
-        .join(factors, on=["meter_idx", "period"])
-        .join(groups.select(keys, "prior"), on=keys)
-        .sort("meter_idx", "interval_start")
-        .with_columns(kwh=pl.col("energy_import_kwh").fill_null(0.0) * pl.col("billed_factor"))
-        .with_columns(end=pl.col("prior") + pl.col("kwh").cum_sum().over(keys))
-        .with_columns(start=pl.col("end") - pl.col("kwh"))
+    classes = aggregated.select("class", *keys[1:], "tou", "tariff_id").unique("class")
+    n_classes = int(classes["class"].max()) + 1  # type: ignore[arg-type]
+    windows = classes.select(keys[1:]).unique().sort(keys[1:]).with_row_index("window")
+    classes = classes.join(windows, on=keys[1:])
+    window_of = _dense(classes, "window", n_classes)
+    crossing_keys = (
+        crossing.select(keys)
+        .join(windows, on=keys[1:])
+        .select((pl.col("meter_idx") * windows.height + pl.col("window")).alias("key"))["key"]
     )
-    block = pl.min_horizontal(pl.max_horizontal("end", "lo"), "hi") - pl.min_horizontal(
-        pl.max_horizontal("start", "lo"), "hi"
+    prior = groups.join(windows, on=keys[1:]).select(
+        (pl.col("meter_idx") * windows.height + pl.col("window")).alias("key"), "prior"
+    )
+    factors = aggregated.select(
+        (pl.col("meter_idx") * n_classes + pl.col("class")).alias("mc"), "billed_factor"
+    )
+    crossing_meters = meters.join(crossing.select("meter_idx").unique(), on="meter_idx")
+    classed = _with_class(intervals, crossing_meters, steps, t0, n_steps)
+    if "meter_idx" not in classed.collect_schema().names():
+        classed = classed.join(
+            crossing_meters.lazy().select("meter_id", "meter_idx"), on="meter_id"
+        )
+    rows = (
+        classed.select(
+            "meter_idx",
+            "interval_start",
+            "class",
+            (
+                pl.col("meter_idx") * windows.height + pl.lit(window_of).gather(pl.col("class"))
+            ).alias("key"),
+            pl.col("energy_import_kwh").fill_null(0.0),
+        )
+        .filter(pl.col("key").is_in(crossing_keys.implode()))
+        .collect()
+    )
+    if (aggregated["billed_factor"] != 1.0).any():
+        rows = (
+            rows.with_columns(mc=pl.col("meter_idx") * n_classes + pl.col("class"))
+            .join(factors, on="mc")
+            .with_columns(pl.col("energy_import_kwh") * pl.col("billed_factor"))
+        )
+    rows = (
+        rows.join(prior, on="key", maintain_order="left")
+        .sort("meter_idx", "interval_start")
+        .with_columns(end=pl.col("prior") + pl.col("energy_import_kwh").cum_sum().over("key"))
+        .with_columns(start=pl.col("end") - pl.col("energy_import_kwh"))
+    )
+    bounds = classes.join(tiers, on=["tariff_id", "version", "tou"])
+    n_tiers = int(bounds["tier"].max())  # type: ignore[arg-type]
+    parts = []
+    for tier in range(1, n_tiers + 1):
+        in_tier = bounds.filter(pl.col("tier") == tier)
+        lo = pl.lit(_dense(in_tier, "lo", n_classes, fill=float("inf"))).gather(pl.col("class"))
+        hi = pl.lit(_dense(in_tier, "hi", n_classes, fill=float("inf"))).gather(pl.col("class"))
+        clipped_end = pl.min_horizontal(pl.max_horizontal("end", lo), hi)
+        clipped_start = pl.min_horizontal(pl.max_horizontal("start", lo), hi)
+        parts.append((clipped_end - clipped_start).fill_nan(0.0).alias(f"q{tier}"))
+    per_class = (
+        rows.select("meter_idx", "class", *parts)
+        .group_by("meter_idx", "class")
+        .agg(pl.col(f"q{tier}").sum() for tier in range(1, n_tiers + 1))
     )
     return (
-        rows.join(tiers, on=["tariff_id", "version", "tou"])
-        .with_columns(quantity=block)
+        per_class.unpivot(index=["meter_idx", "class"], variable_name="tier", value_name="quantity")
+        .with_columns(pl.col("tier").str.slice(1).cast(pl.Int32))
+        .join(classes.drop("window"), on="class")
+        .join(
+            tiers.select("tariff_id", "version", "tou", "tier"),
+            on=["tariff_id", "version", "tou", "tier"],
+        )
         .group_by(*keys, "tariff_id", "tou", "tier")
         .agg(pl.col("quantity").sum())
     )
+
+
+def _dense(frame: pl.DataFrame, column: str, size: int, fill: float | int = -1) -> pl.Series:
+    """``frame[column]`` placed at the positions ``frame["class"]`` of a Series of ``size``."""
+    values = [fill] * size
+    for index, value in frame.select("class", column).iter_rows():
+        values[index] = value
+    return pl.Series(column, values)
 
 
 def _demand_lines(
@@ -1051,7 +1257,7 @@ def _export_lines(
 def _rounded(lines: pl.DataFrame, bills: pl.DataFrame) -> pl.DataFrame:
     """``amount = quantity x rate`` rounded to the currency's minor unit (the tariff's mode)."""
     if lines.is_empty():
-        return lines
+        return lines.with_columns(amount=pl.lit(None, dtype=_MONEY))
     money = bills.select("meter_idx", "period", "decimals", "rounding")
     frame = lines.with_columns(
         pl.col("quantity").round(QUANTITY_DECIMALS), pl.col("rate").cast(_DECIMAL)
@@ -1086,10 +1292,13 @@ def _minimum_lines(
         .group_by("meter_idx", "period")
         .agg(minimum=prorated.sum())
     )
+    # as SAM: energy after export credits + demand + fixed, never below 0; levies, tax and the
+    # net-metering true-up come after the minimum
+    counted = (pl.col("order") < _ORDER_MINIMUM) | (pl.col("order") == _ORDER_EXPORT)
     charged = (
-        priced.filter(pl.col("order") < _ORDER_MINIMUM)
+        priced.filter(counted)
         .group_by("meter_idx", "period")
-        .agg(charged=pl.col("amount").sum())
+        .agg(charged=pl.max_horizontal(pl.col("amount").sum(), pl.lit(0, dtype=_MONEY)))
     )
     short = (
         floor.join(charged, on=["meter_idx", "period"], how="left")
@@ -1136,10 +1345,17 @@ def _finish(priced: pl.DataFrame, bills: pl.DataFrame) -> BillFrames:
     key = ["meter_idx", "period"]
     lines = (
         priced.join(bills.select(*key, "meter_id", "currency"), on=key)
+        .with_columns(
+            (pl.col("kind") if "kind" in priced.columns else pl.lit(None, pl.String))
+            .fill_null("charge")
+            .alias("kind")
+        )
         .sort("meter_idx", "period", "order", "version")
         .with_columns(line_no=pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(key))
     )
-    totals = lines.group_by(key).agg(total_amount=pl.col("amount").sum())
+    totals = lines.group_by(key).agg(
+        total_amount=pl.col("amount").filter(pl.col("kind") == "charge").sum()
+    )
     out_bills = (
         bills.join(totals, on=key, how="left")
         .with_columns(
@@ -1147,8 +1363,15 @@ def _finish(priced: pl.DataFrame, bills: pl.DataFrame) -> BillFrames:
             estimated_share=pl.when(pl.col("energy_import_kwh") > 0)
             .then(pl.col("estimated_kwh") / pl.col("energy_import_kwh"))
             .otherwise(0.0),
-            billed_import_kwh=pl.col("energy_import_kwh") * pl.col("billed_factor"),
-            interval_version=pl.format("n{}-v{}", "intervals", "version_sum"),
+            # what the bill rests on, as figures: a correction of any interval changes them
+            interval_version=pl.format(
+                "n{} e{} m{} i{} x{}",
+                "intervals",
+                "intervals_estimated",
+                "intervals_missing",
+                pl.col("energy_import_kwh").round(6),
+                pl.col("energy_export_kwh").round(6),
+            ),
         )
         .sort("meter_id", "period")
         .select(
@@ -1177,6 +1400,7 @@ def _finish(priced: pl.DataFrame, bills: pl.DataFrame) -> BillFrames:
             "meter_id",
             "period",
             "line_no",
+            "kind",
             "code",
             "description",
             "quantity",

@@ -131,7 +131,9 @@ def parse_tariff(
         timezone=cast(str, timezone),
         source=cast(str, tariff_source),
         versions=versions,
-        fingerprint=source_fingerprint(data),
+        fingerprint=source_fingerprint(
+            {"tariff": data, "holidays": sorted(holidays), "workdays": sorted(workdays)}
+        ),
         decimals=cast(int, decimals),
         rounding=cast(Rounding, rounding),
         holidays=holidays,
@@ -208,10 +210,21 @@ def _versions(data: Mapping[str, Any], problems: list[str]) -> tuple[TariffVersi
             )
         previous = start
         tables = {**tables, **{k: entry[k] for k in VERSION_TABLES if k in entry}}
-        before = len(problems)
-        built.append(_version(tables, start, "versions.", problems))
-        problems[before:] = [f"{p} (in the version from {start})" for p in problems[before:]]
+        found: list[str] = []
+        built.append(_version(tables, start, "versions.", found))
+        named = {k for k in VERSION_TABLES if k in entry}
+        if named & {"tou", "energy"}:  # prices, demand windows and sell prices name periods
+            named |= {"tou", "energy", "demand", "export"}
+        problems.extend(
+            f"{p} (in the version from {start})" for p in found if _table_of(p) in named
+        )
     return tuple(v for v in built if v is not None)
+
+
+def _table_of(problem: str) -> str:
+    """The version table a problem of a later version is about (``[versions.tax] ...``: tax)."""
+    match = re.match(r"^\[{1,2}versions\.(\w+)", problem)
+    return match[1] if match else ""
 
 
 def _version(
@@ -220,11 +233,15 @@ def _version(
     before = len(problems)
     tou = tables.get("tou")
     seasons = _seasons(tou, prefix, problems) if tou is not None else None
-    periods = (
-        {p for s in seasons for sched in s.schedules.values() for p in sched}
-        if seasons is not None
-        else {ALL_PERIODS}
-    )
+    # the periods the other tables may name; None when [tou] itself is wrong (its problems are
+    # reported, and cross-checks against it would only add invented ones)
+    periods: set[str] | None = {ALL_PERIODS}
+    if tou is not None:
+        periods = (
+            {p for s in seasons for sched in s.schedules.values() for p in sched}
+            if seasons is not None
+            else None
+        )
     energy = _energy(tables.get("energy"), periods, tou is not None, prefix, problems)
     fixed = tuple(
         FixedCharge(
@@ -297,7 +314,7 @@ def _version(
 
 
 def _energy(
-    table: Any, periods: set[str], has_tou: bool, prefix: str, problems: list[str]
+    table: Any, periods: set[str] | None, has_tou: bool, prefix: str, problems: list[str]
 ) -> EnergyCharge | None:
     where = f"[{prefix}energy]"
     if not isinstance(table, dict):
@@ -308,7 +325,7 @@ def _energy(
     before = len(problems)
     bounds = _increasing(table.get("tiers_kwh", []), f"{where} tiers_kwh", problems)
     prices = _energy_prices(table, len(bounds) + 1, where, problems)
-    if prices is not None:
+    if prices is not None and periods is not None:
         _check_price_periods(set(prices), periods, has_tou, where, problems)
     reset = _choice(table, "tier_reset", get_args(TierReset), where, problems)
     if bounds and reset is None:
@@ -476,9 +493,11 @@ def _schedule(schedule: Any, place: str, problems: list[str]) -> tuple[str, ...]
             slots = (
                 range(start, end) if end > start else [*range(start, SLOTS_PER_DAY), *range(end)]
             )
-            clash = [s for s in slots if owner[s] is not None]
-            if clash:
-                other = owner[clash[0]]
+            clashes: dict[str, list[int]] = {}
+            for slot in slots:
+                if owner[slot] is not None:
+                    clashes.setdefault(cast(str, owner[slot]), []).append(slot)
+            for other, clash in clashes.items():
                 problems.append(f"{place}: {_runs(clash)} is in both {other} and {period}")
             for s in slots:
                 owner[s] = owner[s] or str(period)
@@ -526,7 +545,7 @@ def _runs(slots: Sequence[int]) -> str:
 
 
 def _demand(
-    where: str, table: Mapping[str, Any], periods: set[str], problems: list[str]
+    where: str, table: Mapping[str, Any], periods: set[str] | None, problems: list[str]
 ) -> DemandCharge:
     name = _text(table, "name", where, problems) or ""
     bounds = _increasing(table.get("tiers_kw", []), f"{where} tiers_kw", problems)
@@ -548,7 +567,7 @@ def _demand(
             problems.append(f"{where} periods: a list of TOU period names")
         else:
             for period in given:
-                if period not in periods:
+                if periods is not None and period not in periods:
                     problems.append(f"{where} periods: {period!r} is not a period of the tariff")
             demand_periods = frozenset(given)
     months = None
@@ -558,7 +577,7 @@ def _demand(
     return DemandCharge(name, prices, tuple(bounds), demand_periods, months)
 
 
-def _export(table: Any, periods: set[str], prefix: str, problems: list[str]) -> ExportRule:
+def _export(table: Any, periods: set[str] | None, prefix: str, problems: list[str]) -> ExportRule:
     if table is None:
         return ExportRule()
     where = f"[{prefix}export]"
@@ -573,7 +592,7 @@ def _export(table: Any, periods: set[str], prefix: str, problems: list[str]) -> 
     if mode == "net_billing":
         if "sell_price" not in table:
             problems.append(f"{where} sell_price: required with net_billing [currency/kWh]")
-        sell = _sell_prices(table.get("sell_price", 0), periods, where, problems)
+        sell = _sell_prices(table.get("sell_price", 0), periods or set(), where, problems)
     true_up_month = None
     true_up_price = Decimal(0)
     if mode == "net_metering":
@@ -602,11 +621,11 @@ def _sell_prices(
     sell: dict[str, Decimal] = {}
     for period, value in given.items():
         price = _decimal(value, f"{where} sell_price.{period}", problems, True)
-        if period not in periods:
+        if periods and period not in periods:
             problems.append(f"{where} sell_price.{period}: no such period in the tariff")
         elif price is not None:
             sell[period] = price
-    for period in sorted(periods - set(given)):
+    for period in sorted(periods - set(given) if periods else ()):
         problems.append(f"{where} sell_price: period {period!r} has no sell price")
     return sell
 

@@ -12,11 +12,10 @@ from hypothesis import strategies as st
 
 from meterlake.analytics.deltas import DEFAULT_MAX_POWER_KW, DEFAULT_WRAP_KWH
 from meterlake.analytics.vee import VeeRun, current_readings, meter_parameters, vee_versions
-from meterlake.analytics.versions import latest_versions
 from meterlake.config.schemas import INTERVALS, READINGS
 from meterlake.ingest.simulator import FleetSpec, simulate_faults, simulate_readings
 from meterlake.storage.layout import init_lake
-from meterlake.storage.scan import scan
+from meterlake.storage.scan import latest_versions, scan
 from meterlake.storage.writer import write_table
 
 UTC = dt.UTC

@@ -13,12 +13,11 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from meterlake.analytics.vee_job import run_vee
-from meterlake.analytics.versions import latest_versions
 from meterlake.config.schemas import INTERVALS, METER_EVENTS, METERS, READINGS, VEE_RUNS
 from meterlake.config.settings import Settings
 from meterlake.ingest.simulator import FleetSpec, simulate_faults, simulate_readings
 from meterlake.storage.layout import init_lake
-from meterlake.storage.scan import scan
+from meterlake.storage.scan import latest_versions, scan
 from meterlake.storage.writer import write_table
 
 UTC = dt.UTC

@@ -9,10 +9,10 @@ import polars as pl
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meterlake.analytics.versions import latest_versions, new_versions
+from meterlake.analytics.versions import new_versions
 from meterlake.config.schemas import INTERVALS
 from meterlake.storage.layout import init_lake
-from meterlake.storage.scan import scan
+from meterlake.storage.scan import latest_versions, scan
 from meterlake.storage.writer import write_table
 
 T0 = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
