@@ -134,41 +134,42 @@ def build_lake(root: Path, meters: int, fleet: Fleet, tariff_id: str) -> Path:
         ids = [f"b{shard:02d}-{i:05d}" for i in range(count)]
         daily = rng.gamma(2.0, 0.08, size=count)  # mean ~0.16 kWh per quarter hour
         kwh = rng.gamma(2.0, 0.5, size=(count, steps)) * daily[:, None]
-        frame = pl.DataFrame(
-            {
-                "meter_id": np.repeat(np.array(ids), steps),
-                "interval_start": np.tile(start + offsets.astype("timedelta64[us]"), count),
-                "energy_import_kwh": kwh.ravel(),
-            }
-        ).with_columns(
-            pl.col("interval_start").dt.replace_time_zone("UTC"),
-            interval_minutes=pl.lit(15, dtype=pl.Int32),
-            energy_export_kwh=pl.lit(0.0),
-            status=pl.lit("actual"),
-            flags=pl.lit([], dtype=pl.List(pl.String)),
-            method=pl.lit(None, dtype=pl.String),
-            version=pl.lit(1, dtype=pl.Int32),
-            run_id=pl.lit("bench"),
+        frame = as_intervals(
+            pl.DataFrame(
+                {
+                    "meter_id": np.repeat(np.array(ids), steps),
+                    "interval_start": np.tile(start + offsets.astype("timedelta64[us]"), count),
+                    "energy_import_kwh": kwh.ravel(),
+                }
+            )
         )
-        prior = pl.DataFrame(
-            {
-                "meter_id": ids,
-                "interval_start": np.full(count, start - np.timedelta64(10, "D")),
-                "energy_import_kwh": rng.uniform(0, 4000, size=count),
-            }
-        ).with_columns(
-            pl.col("interval_start").dt.replace_time_zone("UTC"),
-            interval_minutes=pl.lit(15, dtype=pl.Int32),
-            energy_export_kwh=pl.lit(0.0),
-            status=pl.lit("actual"),
-            flags=pl.lit([], dtype=pl.List(pl.String)),
-            method=pl.lit(None, dtype=pl.String),
-            version=pl.lit(1, dtype=pl.Int32),
-            run_id=pl.lit("bench"),
+        prior = as_intervals(
+            pl.DataFrame(
+                {
+                    "meter_id": ids,
+                    "interval_start": np.full(count, start - np.timedelta64(10, "D")),
+                    "energy_import_kwh": rng.uniform(0, 4000, size=count),
+                }
+            )
         )
         write_table(root, INTERVALS, pl.concat([prior, frame]))
     set_tariff(root, tariff_id)
     return root
+
+
+def as_intervals(frame: pl.DataFrame) -> pl.DataFrame:
+    """``meter_id, interval_start (naive UTC), energy_import_kwh`` as actual 15-minute
+    intervals of version 1."""
+    return frame.with_columns(
+        pl.col("interval_start").dt.replace_time_zone("UTC"),
+        interval_minutes=pl.lit(15, dtype=pl.Int32),
+        energy_export_kwh=pl.lit(0.0),
+        status=pl.lit("actual"),
+        flags=pl.lit([], dtype=pl.List(pl.String)),
+        method=pl.lit(None, dtype=pl.String),
+        version=pl.lit(1, dtype=pl.Int32),
+        run_id=pl.lit("bench"),
+    )
 
 
 def set_tariff(root: Path, tariff_id: str) -> None:

@@ -1165,42 +1165,43 @@ def _fixed_lines(seg: pl.DataFrame, fixed: pl.DataFrame) -> pl.DataFrame:
     """Fixed charges per month (prorated by days) or per day of each version's part."""
     if fixed.is_empty():
         return pl.DataFrame()
-    per_month = pl.col("per") == "month"
-    return seg.join(fixed, on=["tariff_id", "version"]).select(
-        "meter_idx",
-        "period",
-        "version",
-        (pl.lit(_ORDER_FIXED) + pl.col("charge")).alias("order"),
-        pl.format("fixed{}", pl.col("charge").cast(pl.String))
-        .str.replace("fixed0", "fixed")
-        .alias("code"),
-        pl.col("name").alias("description"),
-        pl.when(per_month)
+    quantity = (
+        pl.when(pl.col("per") == "month")
         .then(pl.col("days") / pl.col("bill_days"))
         .otherwise(pl.col("days").cast(pl.Float64))
-        .alias("quantity"),
-        pl.col("per").alias("unit"),
-        "rate",
     )
+    charged = seg.join(fixed, on=["tariff_id", "version"])
+    return _numbered_lines(charged, _ORDER_FIXED, "fixed", quantity, pl.col("per"))
 
 
 def _levy_lines(aggregated: pl.DataFrame, levies: pl.DataFrame) -> pl.DataFrame:
+    """Each levy on the billed import of each version's part."""
     if levies.is_empty():
         return pl.DataFrame()
     billed = aggregated.group_by("meter_idx", "period", "version", "tariff_id").agg(
-        quantity=pl.col("billed_kwh").sum()
+        billed=pl.col("billed_kwh").sum()
     )
-    return billed.join(levies, on=["tariff_id", "version"]).select(
+    charged = billed.join(levies, on=["tariff_id", "version"])
+    return _numbered_lines(charged, _ORDER_LEVY, "levy", pl.col("billed"), pl.lit("kWh"))
+
+
+def _numbered_lines(
+    charged: pl.DataFrame, order: int, code: str, quantity: pl.Expr, unit: pl.Expr
+) -> pl.DataFrame:
+    """Lines of a tariff's list of charges (``charge`` = its index): codes ``fixed``,
+    ``fixed1``, ... described by the charge's name."""
+    return charged.select(
         "meter_idx",
         "period",
         "version",
-        (pl.lit(_ORDER_LEVY) + pl.col("charge")).alias("order"),
-        pl.format("levy{}", pl.col("charge").cast(pl.String))
-        .str.replace("levy0", "levy")
+        (pl.lit(order) + pl.col("charge")).alias("order"),
+        pl.when(pl.col("charge") == 0)
+        .then(pl.lit(code))
+        .otherwise(pl.format(f"{code}{{}}", "charge"))
         .alias("code"),
         pl.col("name").alias("description"),
-        "quantity",
-        pl.lit("kWh").alias("unit"),
+        quantity.alias("quantity"),
+        unit.alias("unit"),
         "rate",
     )
 

@@ -142,12 +142,12 @@ def bill_load_profile(intervals: pl.DataFrame, tariff: Tariff) -> dict[str, Any]
             )
             month[field] = float(picked["amount"].sum())
         month["total"] = float(bill["total_amount"])
-        month["energy_import_kwh"] = bill["energy_import_kwh"]
-        month["energy_export_kwh"] = bill["energy_export_kwh"]
+        month["energy_import_kwh"] = round(bill["energy_import_kwh"], 6)
+        month["energy_export_kwh"] = round(bill["energy_export_kwh"], 6)
         month["lines"] = [
             {**line, "rate": float(line["rate"]), "amount": float(line["amount"])}
             for line in lines.select(
-                "code", "description", "quantity", "unit", "rate", "amount"
+                "kind", "code", "description", "quantity", "unit", "rate", "amount"
             ).iter_rows(named=True)
         ]
         months.append(month)

@@ -8,9 +8,8 @@ the cent once per line.
 from __future__ import annotations
 
 import datetime as dt
-import textwrap
 from collections.abc import Mapping, Sequence
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,14 +24,13 @@ from meterlake.storage.scan import scan
 from meterlake.storage.writer import write_table
 from meterlake.tariffs.bill_job import BillRunResult, current_bills, run_billing
 from meterlake.tariffs.model import Tariff
-from meterlake.tariffs.registry import load_tariff_file
+from tests.tariffs.helpers import cents, write_tariff
 
 UTC = dt.UTC
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 NOW = dt.datetime(2026, 11, 2, 3, tzinfo=UTC)
 HOUR = dt.timedelta(hours=1)
 QUARTER = dt.timedelta(minutes=15)
-CENT = Decimal("0.01")
 
 RATE = Decimal("0.5283")
 FIXED = Decimal("10.00")
@@ -47,31 +45,9 @@ FLAT = f"""
 """
 
 
-def cents(amount: Decimal) -> Decimal:
-    """Round once to the cent, half up (the tariffs' default)."""
-    return amount.quantize(CENT, rounding=ROUND_HALF_UP)
-
-
 def local(year: int, month: int, day: int, hour: int = 0, zone: ZoneInfo = SHANGHAI) -> dt.datetime:
     """A local wall-clock time as a UTC instant."""
     return dt.datetime(year, month, day, hour, tzinfo=zone).astimezone(UTC)
-
-
-def write_tariff(
-    directory: Path, tariff_id: str, body: str, timezone: str = "Asia/Shanghai"
-) -> Tariff:
-    """A native TOML tariff file ``<directory>/<tariff_id>.toml``, loaded."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{tariff_id}.toml"
-    header = f"""
-        id = "{tariff_id}"
-        name = "test tariff {tariff_id}"
-        currency = "{"EUR" if timezone.startswith("Europe") else "CNY"}"
-        timezone = "{timezone}"
-        source = "tests/tariffs/test_bill_job.py"
-    """
-    path.write_text(textwrap.dedent(header) + textwrap.dedent(body), encoding="utf-8")
-    return load_tariff_file(path)
 
 
 def intervals(

@@ -6,9 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import textwrap
 from collections.abc import Iterable
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
@@ -17,16 +16,11 @@ import pytest
 from meterlake.config.errors import InputFileError, PermanentError
 from meterlake.tariffs.model import Tariff
 from meterlake.tariffs.profile import METER, bill_load_profile, read_load_profile
-from meterlake.tariffs.registry import load_tariff_file
+from tests.tariffs.helpers import CENT, cents, write_tariff
 
 UTC = dt.UTC
-CENT = Decimal("0.01")
 RATE = Decimal("0.5283")
 FIXED = Decimal("10.00")
-
-
-def cents(amount: Decimal) -> Decimal:
-    return amount.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
 def money(value: float) -> Decimal:
@@ -34,26 +28,10 @@ def money(value: float) -> Decimal:
     return Decimal(str(value)).quantize(CENT)
 
 
-def make_tariff(
-    directory: Path, tariff_id: str, body: str, timezone: str = "Asia/Shanghai"
-) -> Tariff:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{tariff_id}.toml"
-    header = f"""
-        id = "{tariff_id}"
-        name = "test tariff {tariff_id}"
-        currency = "CNY"
-        timezone = "{timezone}"
-        source = "tests/tariffs/test_profile.py"
-    """
-    path.write_text(textwrap.dedent(header) + textwrap.dedent(body), encoding="utf-8")
-    return load_tariff_file(path)
-
-
 @pytest.fixture
 def flat(tmp_path: Path) -> Tariff:
     """0.5283 CNY/kWh and 10 CNY a month, Asia/Shanghai."""
-    return make_tariff(
+    return write_tariff(
         tmp_path / "tariffs",
         "flat",
         f"""
@@ -70,7 +48,7 @@ def flat(tmp_path: Path) -> Tariff:
 
 @pytest.fixture
 def berlin(tmp_path: Path) -> Tariff:
-    return make_tariff(
+    return write_tariff(
         tmp_path / "tariffs", "berlin", "[energy]\nprices = { all = 0.3 }\n", "Europe/Berlin"
     )
 
@@ -176,7 +154,7 @@ def test_a_local_time_repeated_by_dst_is_its_first_occurrence(
 def test_hourly_local_time_in_a_half_hour_zone(tmp_path: Path) -> None:
     """Naive hourly rows in Asia/Kolkata (UTC+05:30) are the tariff's local hours: on the
     hourly grid of local time, although not of UTC."""
-    india = make_tariff(
+    india = write_tariff(
         tmp_path / "tariffs", "india", "[energy]\nprices = { all = 6.5 }\n", "Asia/Kolkata"
     )
     path = write_csv(tmp_path / "india.csv", naive_rows(dt.datetime(2026, 10, 1), 3, 1.0))
@@ -383,7 +361,7 @@ def test_months_are_the_tariffs_local_months(tmp_path: Path, flat: Tariff) -> No
 
 
 def test_demand_minimum_and_export_credit(tmp_path: Path) -> None:
-    tariff = make_tariff(
+    tariff = write_tariff(
         tmp_path / "tariffs",
         "demand",
         """
