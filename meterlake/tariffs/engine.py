@@ -481,8 +481,9 @@ def _aggregate(
 ) -> pl.DataFrame:
     """Energy, power and quality per (meter, class): the only pass over every interval.
 
-    Per-row values are computed as columns first so the group-by runs only plain sums, maxima
-    and counts (its fast path).
+    The group-by runs only plain sums, maxima and counts (its fast path). Quality counts come
+    from the few intervals that are not ``actual``, in a second plan whose filter on ``status``
+    Parquet statistics often answer without reading a value.
     """
     imported = pl.col("energy_import_kwh")
     estimated = pl.col("status") == "estimated"
@@ -490,28 +491,33 @@ def _aggregate(
     power = (imported * 60.0 / pl.col("interval_minutes")) if needs_power else pl.lit(0.0)
     classed = _with_class(intervals, meters, steps, t0, n_steps)
     key = "meter_idx" if "meter_idx" in classed.collect_schema().names() else "meter_id"
-    aggregated = (
-        classed.select(
-            key,
-            "class",
-            imported,
-            "energy_export_kwh",
-            power.alias("kw"),
-            pl.when(estimated).then(imported).otherwise(0.0).alias("estimated_kwh"),
-            estimated.cast(pl.Int64).alias("estimated"),
-            (pl.col("status") == "missing").cast(pl.Int64).alias("missing"),
-        )
+    energy = (
+        classed.select(key, "class", imported, "energy_export_kwh", power.alias("kw"))
         .group_by(key, "class")
         .agg(
             import_kwh=imported.sum(),
             export_kwh=pl.col("energy_export_kwh").sum(),
             max_kw=pl.col("kw").max(),
-            estimated_kwh=pl.col("estimated_kwh").sum(),
             intervals=pl.len(),
-            estimated=pl.col("estimated").sum(),
-            missing=pl.col("missing").sum(),
         )
-        .collect()
+    )
+    # filtered before the class gather, so the filter reaches the Parquet scan
+    unusual = intervals.filter(pl.col("status") != "actual")
+    quality = (
+        _with_class(unusual, meters, steps, t0, n_steps)
+        .select(
+            key,
+            "class",
+            pl.when(estimated).then(imported).otherwise(0.0).alias("estimated_kwh"),
+            estimated.cast(pl.Int64).alias("estimated"),
+            (pl.col("status") == "missing").cast(pl.Int64).alias("missing"),
+        )
+        .group_by(key, "class")
+        .agg(pl.col("estimated_kwh", "estimated", "missing").sum())
+    )
+    energy_frame, quality_frame = pl.collect_all([energy, quality])
+    aggregated = energy_frame.join(quality_frame, on=[key, "class"], how="left").with_columns(
+        pl.col("estimated_kwh").fill_null(0.0), pl.col("estimated", "missing").fill_null(0)
     )
     if key == "meter_id":  # only the billed meters, by index
         aggregated = aggregated.join(meters.select("meter_id", "meter_idx"), on="meter_id").drop(
@@ -1063,24 +1069,76 @@ def _chronological(
             .join(factors, on="mc")
             .with_columns(pl.col("energy_import_kwh") * pl.col("billed_factor"))
         )
-    rows = (
-        rows.join(prior, on="key", maintain_order="left")
-        .sort("meter_idx", "interval_start")
-        .with_columns(end=pl.col("prior") + pl.col("energy_import_kwh").cum_sum().over("key"))
-        .with_columns(start=pl.col("end") - pl.col("energy_import_kwh"))
-    )
     bounds = classes.join(tiers, on=["tariff_id", "version", "tou"])
     n_tiers = int(bounds["tier"].max())  # type: ignore[arg-type]
-    parts = []
-    for tier in range(1, n_tiers + 1):
-        in_tier = bounds.filter(pl.col("tier") == tier)
-        lo = pl.lit(_dense(in_tier, "lo", n_classes, fill=float("inf"))).gather(pl.col("class"))
-        hi = pl.lit(_dense(in_tier, "hi", n_classes, fill=float("inf"))).gather(pl.col("class"))
-        clipped_end = pl.min_horizontal(pl.max_horizontal("end", lo), hi)
-        clipped_start = pl.min_horizontal(pl.max_horizontal("start", lo), hi)
-        parts.append((clipped_end - clipped_start).fill_nan(0.0).alias(f"q{tier}"))
+    tier_bounds = [
+        (
+            pl.lit(_dense(b, "lo", n_classes, fill=float("inf"))).gather(pl.col("class")),
+            pl.lit(_dense(b, "hi", n_classes, fill=float("inf"))).gather(pl.col("class")),
+        )
+        for b in (bounds.filter(pl.col("tier") == t) for t in range(1, n_tiers + 1))
+    ]
+    # Days first: a day whose running total passes no bound lies in one tier as a whole and is
+    # summed per class; only the day on which a meter crosses a bound is split interval by
+    # interval, in time order.
+    n_days = n_steps * STEP_MINUTES // (24 * 60) + 1
+    rows = rows.with_columns(
+        day=((pl.col("interval_start") - pl.lit(t0)).dt.total_days()).cast(pl.Int64)
+    ).with_columns(key_day=pl.col("key") * n_days + pl.col("day"))
+    days = (
+        rows.group_by("key", "key_day")
+        .agg(kwh=pl.col("energy_import_kwh").sum())
+        .join(prior, on="key")
+        .sort("key_day")
+        .with_columns(day_end=pl.col("prior") + pl.col("kwh").cum_sum().over("key"))
+        .with_columns(day_start=pl.col("day_end") - pl.col("kwh"))
+    )
+    inner = sorted({b for b in bounds["lo"].to_list() if 0 < b < float("inf")})
+    crosses = pl.any_horizontal(
+        pl.lit(False), *((pl.col("day_start") < b) & (pl.col("day_end") > b) for b in inner)
+    )
+    days = days.with_columns(crossing_day=crosses)
+    whole = (
+        rows.group_by("meter_idx", "class", "key_day")
+        .agg(pl.col("energy_import_kwh").sum())
+        .join(days.filter(~pl.col("crossing_day")).select("key_day", "day_start"), on="key_day")
+        .select(
+            "meter_idx",
+            "class",
+            *(
+                pl.when((pl.col("day_start") >= lo) & (pl.col("day_start") < hi))
+                .then(pl.col("energy_import_kwh"))
+                .otherwise(0.0)
+                .alias(f"q{tier}")
+                for tier, (lo, hi) in enumerate(tier_bounds, start=1)
+            ),
+        )
+    )
+    split_days = days.filter(pl.col("crossing_day")).select("key_day", "day_start")
+    split = (
+        rows.filter(pl.col("key_day").is_in(split_days["key_day"].implode()))
+        .join(split_days, on="key_day")
+        .sort("key_day", "interval_start")
+        .with_columns(
+            end=pl.col("day_start") + pl.col("energy_import_kwh").cum_sum().over("key_day")
+        )
+        .with_columns(start=pl.col("end") - pl.col("energy_import_kwh"))
+        .select(
+            "meter_idx",
+            "class",
+            *(
+                (
+                    pl.min_horizontal(pl.max_horizontal("end", lo), hi)
+                    - pl.min_horizontal(pl.max_horizontal("start", lo), hi)
+                )
+                .fill_nan(0.0)
+                .alias(f"q{tier}")
+                for tier, (lo, hi) in enumerate(tier_bounds, start=1)
+            ),
+        )
+    )
     per_class = (
-        rows.select("meter_idx", "class", *parts)
+        pl.concat([whole, split])
         .group_by("meter_idx", "class")
         .agg(pl.col(f"q{tier}").sum() for tier in range(1, n_tiers + 1))
     )
