@@ -1045,11 +1045,15 @@ def _chronological(
         (pl.col("meter_idx") * n_classes + pl.col("class")).alias("mc"), "billed_factor"
     )
     crossing_meters = meters.join(crossing.select("meter_idx").unique(), on="meter_idx")
-    classed = _with_class(intervals, crossing_meters, steps, t0, n_steps)
+    # filtered before the class gather so the predicate reaches the scan, where Parquet
+    # statistics skip the row groups of other meters (files are mostly sorted by meter)
+    wanted = intervals.filter(pl.col("meter_id").is_in(crossing_meters["meter_id"].implode()))
+    classed = _with_class(wanted, crossing_meters, steps, t0, n_steps)
     if "meter_idx" not in classed.collect_schema().names():
         classed = classed.join(
             crossing_meters.lazy().select("meter_id", "meter_idx"), on="meter_id"
         )
+    n_days = n_steps * STEP_MINUTES // (24 * 60) + 1
     rows = (
         classed.select(
             "meter_idx",
@@ -1061,12 +1065,13 @@ def _chronological(
             pl.col("energy_import_kwh").fill_null(0.0),
         )
         .filter(pl.col("key").is_in(crossing_keys.implode()))
-        .collect()
+        .with_columns(day=((pl.col("interval_start") - pl.lit(t0)).dt.total_days()).cast(pl.Int64))
+        .with_columns(key_day=pl.col("key") * n_days + pl.col("day"))
     )
     if (aggregated["billed_factor"] != 1.0).any():
         rows = (
             rows.with_columns(mc=pl.col("meter_idx") * n_classes + pl.col("class"))
-            .join(factors, on="mc")
+            .join(factors.lazy(), on="mc")
             .with_columns(pl.col("energy_import_kwh") * pl.col("billed_factor"))
         )
     bounds = classes.join(tiers, on=["tariff_id", "version", "tou"])
@@ -1079,14 +1084,15 @@ def _chronological(
         for b in (bounds.filter(pl.col("tier") == t) for t in range(1, n_tiers + 1))
     ]
     # Days first: a day whose running total passes no bound lies in one tier as a whole and is
-    # summed per class; only the day on which a meter crosses a bound is split interval by
-    # interval, in time order.
-    n_days = n_steps * STEP_MINUTES // (24 * 60) + 1
-    rows = rows.with_columns(
-        day=((pl.col("interval_start") - pl.lit(t0)).dt.total_days()).cast(pl.Int64)
-    ).with_columns(key_day=pl.col("key") * n_days + pl.col("day"))
+    # summed per class; only the day on which a meter crosses a bound is read again and split
+    # interval by interval, in time order.
+    per_day = (
+        rows.group_by("meter_idx", "class", "key", "key_day")
+        .agg(pl.col("energy_import_kwh").sum())
+        .collect()
+    )
     days = (
-        rows.group_by("key", "key_day")
+        per_day.group_by("key", "key_day")
         .agg(kwh=pl.col("energy_import_kwh").sum())
         .join(prior, on="key")
         .sort("key_day")
@@ -1098,25 +1104,23 @@ def _chronological(
         pl.lit(False), *((pl.col("day_start") < b) & (pl.col("day_end") > b) for b in inner)
     )
     days = days.with_columns(crossing_day=crosses)
-    whole = (
-        rows.group_by("meter_idx", "class", "key_day")
-        .agg(pl.col("energy_import_kwh").sum())
-        .join(days.filter(~pl.col("crossing_day")).select("key_day", "day_start"), on="key_day")
-        .select(
-            "meter_idx",
-            "class",
-            *(
-                pl.when((pl.col("day_start") >= lo) & (pl.col("day_start") < hi))
-                .then(pl.col("energy_import_kwh"))
-                .otherwise(0.0)
-                .alias(f"q{tier}")
-                for tier, (lo, hi) in enumerate(tier_bounds, start=1)
-            ),
-        )
+    whole = per_day.join(
+        days.filter(~pl.col("crossing_day")).select("key_day", "day_start"), on="key_day"
+    ).select(
+        "meter_idx",
+        "class",
+        *(
+            pl.when((pl.col("day_start") >= lo) & (pl.col("day_start") < hi))
+            .then(pl.col("energy_import_kwh"))
+            .otherwise(0.0)
+            .alias(f"q{tier}")
+            for tier, (lo, hi) in enumerate(tier_bounds, start=1)
+        ),
     )
     split_days = days.filter(pl.col("crossing_day")).select("key_day", "day_start")
     split = (
         rows.filter(pl.col("key_day").is_in(split_days["key_day"].implode()))
+        .collect()
         .join(split_days, on="key_day")
         .sort("key_day", "interval_start")
         .with_columns(
