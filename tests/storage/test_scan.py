@@ -15,7 +15,13 @@ from polars.testing import assert_frame_equal
 from meterlake.config.schemas import BILLS, INTERVALS, READINGS, TableSpec
 from meterlake.storage.catalog import connect_catalog, refresh_catalog
 from meterlake.storage.layout import partition_files
-from meterlake.storage.scan import files_in_range, partition_bounds, scan
+from meterlake.storage.scan import (
+    files_in_range,
+    latest_versions,
+    partition_bounds,
+    scan,
+    scan_current_intervals,
+)
 from meterlake.storage.writer import write_table
 
 UTC = dt.UTC
@@ -186,3 +192,50 @@ def test_partition_bounds_of_month_tables() -> None:
         "2026-10",
         "2026-12",
     )
+
+
+def _intervals(meter: str, starts: list[dt.datetime], versions: list[int], kwh: list[float]):
+    n = len(starts)
+    return pl.DataFrame(
+        {
+            "meter_id": [meter] * n,
+            "interval_start": starts,
+            "interval_minutes": [15] * n,
+            "energy_import_kwh": kwh,
+            "energy_export_kwh": [0.0] * n,
+            "status": ["actual"] * n,
+            "flags": [[] for _ in range(n)],
+            "method": [None] * n,
+            "version": versions,
+            "run_id": [f"run-{v}" for v in versions],
+        },
+        schema=INTERVALS.schema,
+    )
+
+
+def test_current_intervals_take_each_keys_highest_version(lake: Path) -> None:
+    quarter = dt.timedelta(minutes=15)
+    starts = [T0, T0 + quarter, T0 + 2 * quarter]
+    write_table(lake, INTERVALS, _intervals("m-1", starts, [1, 1, 1], [1.0, 2.0, 3.0]))
+    write_table(lake, INTERVALS, _intervals("m-1", starts[1:2], [2], [20.0]))
+    write_table(lake, INTERVALS, _intervals("m-1", starts[1:2], [3], [200.0]))
+    write_table(lake, INTERVALS, _intervals("m-2", starts[:1], [1], [5.0]))
+
+    current = (
+        scan_current_intervals(lake, T0, T0 + DAY).collect().sort("meter_id", "interval_start")
+    )
+
+    assert current["energy_import_kwh"].to_list() == [1.0, 200.0, 3.0, 5.0]
+    assert current["version"].to_list() == [1, 3, 1, 1]
+    assert_frame_equal(current, latest_versions(scan(lake, INTERVALS)).collect().sort(
+        "meter_id", "interval_start"))  # fmt: skip
+
+
+def test_current_intervals_of_a_range_with_only_first_versions_are_the_rows(lake: Path) -> None:
+    starts = [T0 + dt.timedelta(minutes=15 * i) for i in range(4)]
+    written = _intervals("m-1", starts, [1] * 4, [0.5] * 4)
+    write_table(lake, INTERVALS, written)
+
+    current = scan_current_intervals(lake, T0, T0 + DAY).collect().sort("interval_start")
+
+    assert_frame_equal(current, written)
