@@ -256,6 +256,17 @@ def _meter_combos(meters: pl.DataFrame, tariffs: Mapping[str, Tariff]) -> pl.Dat
             f"has {bad_day['billing_day'][0]}"
         )
     start = pl.col("tier_year_start")
+    given = frame.filter(start.is_not_null())
+    valid = given.filter(
+        start.str.contains(r"^\d{2}-\d{2}$")
+        & pl.concat_str(pl.lit("2023-"), start).str.to_date(strict=False).is_not_null()
+    )
+    if valid.height < given.height:
+        bad = given.join(valid, on="meter_id", how="anti").row(0, named=True)
+        raise BillingError(
+            f"meter {bad['meter_id']}: tier_year_start {bad['tier_year_start']!r} is not a day "
+            "of the year MM-DD (02-29 is not one: the tier year must start every year)"
+        )
     frame = frame.with_columns(
         ty_month=start.str.slice(0, 2).cast(pl.Int64, strict=False).fill_null(0),
         ty_day=start.str.slice(3, 2).cast(pl.Int64, strict=False).fill_null(0),
@@ -931,7 +942,11 @@ def _energy_lines(
     chronologically from the intervals where a tariff asks for it and the group crosses a bound."""
     window_keys = ["meter_idx", "window_start"]
     group_keys = ["meter_idx", "period", "version", "window_start"]
-    groups = aggregated.group_by(*group_keys, "tariff_id").agg(total=pl.col("billed_kwh").sum())
+    # the tier counter counts imported kWh (as the lake's earlier import does, ``prior_kwh``);
+    # what a bill tiers is its billed import (less than that after net metering), placed there
+    groups = aggregated.group_by(*group_keys, "tariff_id").agg(
+        total=pl.col("billed_kwh").sum(), imported=pl.col("import_kwh").sum()
+    )
     prior = (
         prior_kwh.join(meters.select("meter_id", "meter_idx"), on="meter_id").select(
             *window_keys, pl.col("kwh").alias("prior_outside")
@@ -946,8 +961,8 @@ def _energy_lines(
         .sort(*window_keys, "period", "version")
         .with_columns(
             prior=pl.col("prior_outside").fill_null(0.0)
-            + pl.col("total").cum_sum().over(window_keys)
-            - pl.col("total")
+            + pl.col("imported").cum_sum().over(window_keys)
+            - pl.col("imported")
         )
     )
     per_class = aggregated.select(*group_keys, "tariff_id", "tou", "billed_kwh").join(
@@ -1227,13 +1242,20 @@ def _fixed_lines(seg: pl.DataFrame, fixed: pl.DataFrame) -> pl.DataFrame:
     """Fixed charges per month (prorated by days) or per day of each version's part."""
     if fixed.is_empty():
         return pl.DataFrame()
-    quantity = (
-        pl.when(pl.col("per") == "month")
-        .then(pl.col("days") / pl.col("bill_days"))
-        .otherwise(pl.col("days").cast(pl.Float64))
+    # a monthly charge on part of the bill is that many days at amount / days of the bill, so
+    # quantity x rate stays exact (days/bill_days would not be)
+    whole = (pl.col("per") == "month") & (pl.col("days") == pl.col("bill_days"))
+    part = (pl.col("per") == "month") & ~whole
+    charged = seg.join(fixed, on=["tariff_id", "version"]).with_columns(
+        pl.when(part)
+        .then(pl.col("rate") / pl.col("bill_days").cast(pl.Decimal(38, 0)))
+        .otherwise(pl.col("rate"))
+        .cast(_DECIMAL)
+        .alias("rate")
     )
-    charged = seg.join(fixed, on=["tariff_id", "version"])
-    return _numbered_lines(charged, _ORDER_FIXED, "fixed", quantity, pl.col("per"))
+    quantity = pl.when(whole).then(pl.lit(1.0)).otherwise(pl.col("days").cast(pl.Float64))
+    unit = pl.when(whole).then(pl.lit("month")).otherwise(pl.lit("day"))
+    return _numbered_lines(charged, _ORDER_FIXED, "fixed", quantity, unit)
 
 
 def _levy_lines(aggregated: pl.DataFrame, levies: pl.DataFrame) -> pl.DataFrame:
@@ -1281,19 +1303,22 @@ def _export_lines(
             .join(sells, on=["tariff_id", "version", "tou"])
             .filter(pl.col("quantity") > 0)
         )
-        single = credited["tou"].n_unique() == 1 and credited["tou"][0] == "all"
+        # a tariff without TOU has the one period "all": its line is plain "export_credit"
+        single = pl.col("tou") == ALL_PERIODS
         parts.append(
             credited.select(
                 "meter_idx",
                 "period",
                 "version",
                 pl.lit(_ORDER_EXPORT).alias("order"),
-                (pl.lit("export_credit") if single else pl.format("export_credit_{}", "tou")).alias(
-                    "code"
-                ),
-                (pl.lit("export credit") if single else pl.format("export credit {}", "tou")).alias(
-                    "description"
-                ),
+                pl.when(single)
+                .then(pl.lit("export_credit"))
+                .otherwise(pl.format("export_credit_{}", "tou"))
+                .alias("code"),
+                pl.when(single)
+                .then(pl.lit("export credit"))
+                .otherwise(pl.format("export credit {}", "tou"))
+                .alias("description"),
                 "quantity",
                 pl.lit("kWh").alias("unit"),
                 (-pl.col("rate")).alias("rate"),
@@ -1413,7 +1438,7 @@ def _finish(priced: pl.DataFrame, bills: pl.DataFrame) -> BillFrames:
             .fill_null("charge")
             .alias("kind")
         )
-        .sort("meter_idx", "period", "order", "version")
+        .sort("meter_idx", "period", "order", "version", "code")
         .with_columns(line_no=pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(key))
     )
     totals = lines.group_by(key).agg(

@@ -663,3 +663,40 @@ def test_a_dst_month_has_its_25_hour_day(tmp_path: Path) -> None:
     assert bill["energy_import_kwh"] == pytest.approx(float(hours))
     assert bill["currency"] == "EUR"
     assert bill["total_amount"] == cents(hours * Decimal("0.3"))  # 745 x 0.3 = 223.50
+
+
+def test_a_rerun_writes_nothing_when_lines_share_a_rank(tmp_path: Path) -> None:
+    # several export-credit lines per bill (one per TOU period) must keep their order
+    tariffs = {
+        "nb": write_tariff(
+            tmp_path / "tariffs",
+            "nb",
+            """
+            [energy]
+            prices = { peak = 0.6, flat = 0.4, valley = 0.3 }
+
+            [tou]
+            [[tou.seasons]]
+            name = "all-year"
+            months = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+            all = { peak = ["08:00-12:00"], flat = ["12:00-22:00"], valley = ["22:00-08:00"] }
+
+            [export]
+            mode = "net_billing"
+            sell_price = { peak = 0.2, flat = 0.15, valley = 0.1 }
+            """,
+        )
+    }
+    lake = init_lake(tmp_path / "lake")
+    ids = [f"p-{i:02d}" for i in range(30)]
+    write_table(
+        lake, INTERVALS, pl.concat(intervals(m, local(2026, 10, 1), 48, 1.0, 0.5) for m in ids)
+    )
+    write_table(lake, METERS, meters([{"meter_id": m, "tariff_id": "nb"} for m in ids]))
+    run_billing(lake, tariffs, "2026-10", run_id="bill-1", now=NOW)
+    before = bill_files(lake)
+
+    for attempt in range(3):
+        again = run_billing(lake, tariffs, "2026-10", run_id=f"bill-{attempt + 2}", now=NOW)
+        assert again.bills.is_empty()
+    assert bill_files(lake) == before

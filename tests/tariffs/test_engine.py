@@ -641,3 +641,97 @@ def test_a_meter_billed_in_a_batch_or_alone_gets_the_same_bill(seed: int) -> Non
 def _days(year: int, month: int) -> int:
     nxt = dt.date(year + month // 12, month % 12 + 1, 1)
     return (nxt - dt.date(year, month, 1)).days
+
+
+# --- found in review ---------------------------------------------------------------------------
+
+NET_BILLING_TOU = (
+    TOU + '\n[export]\nmode = "net_billing"\nsell_price = { peak = 0.2, valley = 0.1 }\n'
+)
+
+
+def test_lines_of_equal_rank_come_in_one_order_every_run() -> None:
+    data = pl.concat(hours(f"m{i:02d}", OCT1, [1.0] * 48, export=[0.5] * 48) for i in range(40))
+    runs = [bill(data, tariff(NET_BILLING_TOU), ["2026-10"]).lines for _ in range(5)]
+
+    for other in runs[1:]:
+        assert_frame_equal(other, runs[0])
+    codes = runs[0].filter(pl.col("meter_id") == "m07").sort("line_no")["code"].to_list()
+    assert codes == ["energy_peak", "energy_valley", "export_credit_peak", "export_credit_valley"]
+
+
+def test_a_meters_lines_do_not_depend_on_the_other_meters_in_the_run() -> None:
+    flat = tariff(FLAT + '\n[export]\nmode = "net_billing"\nsell_price = 0.2\n', "flat")
+    tou = tariff(NET_BILLING_TOU, "tou")
+    data = pl.concat(
+        [
+            hours("m1", OCT1, [1.0] * 24, export=[0.5] * 24),
+            hours("m2", OCT1, [1.0] * 24, export=[0.5] * 24),
+        ]
+    )
+    alone = bill(data.filter(pl.col("meter_id") == "m1"), flat, ["2026-10"])
+    together = bill(
+        data,
+        {"flat": flat, "tou": tou},
+        ["2026-10"],
+        meters=pl.DataFrame({"meter_id": ["m1", "m2"], "tariff_id": ["flat", "tou"]}),
+    )
+
+    assert amounts(alone.lines) == {"energy": Decimal("12.00"), "export_credit": Decimal("-2.40")}
+    assert amounts(together.lines, "m1") == amounts(alone.lines)
+
+
+def test_net_metering_with_annual_tiers_counts_the_same_month_by_month() -> None:
+    body = """
+[energy]
+tiers_kwh = [100]
+tier_reset = "annual"
+prices = { all = [0.5, 0.8] }
+
+[export]
+mode = "net_metering"
+true_up_month = 12
+true_up_price = 0
+"""
+    rate = tariff(body)
+    january = hours("m1", dt.datetime(2026, 1, 1), [100.0], export=[100.0])
+    february = hours("m1", dt.datetime(2026, 2, 1), [100.0])
+    together = bill(pl.concat([january, february]), rate, ["2026-01", "2026-02"])
+    prior = pl.DataFrame(
+        {"meter_id": ["m1"], "window_start": [dt.date(2026, 1, 1)], "kwh": [100.0]}
+    )
+    alone = bill(february, rate, ["2026-02"], prior_kwh=prior)
+
+    # January imported 100 kWh (netted to 0 billed): the counter stands at 100 in February
+    assert amounts(together.lines, period="2026-02") == {"energy_tier2": Decimal("80.00")}
+    assert amounts(alone.lines) == amounts(together.lines, period="2026-02")
+
+
+def test_a_prorated_monthly_charge_is_exact_money() -> None:
+    body = (
+        FLAT
+        + """
+[[fixed]]
+name = "capacity"
+amount = 100000
+per = "month"
+
+[[versions]]
+effective_from = 2026-10-06
+"""
+    )
+    frames = bill(hours("m1", OCT1, [0.0]), tariff(body), ["2026-10"])
+
+    fixed = frames.lines.filter(pl.col("code") == "fixed").sort("line_no")
+    # 5 and 26 of 31 days of 100,000: 16,129.03 and 83,870.97, adding up to the month's charge
+    assert [Decimal(str(a)) for a in fixed["amount"]] == [Decimal("16129.03"), Decimal("83870.97")]
+    assert fixed["quantity"].to_list() == [5.0, 26.0]
+    assert fixed["unit"].to_list() == ["day", "day"]
+
+
+@pytest.mark.parametrize("start", ["02-29", "02-30", "4-1", "13-01"])
+def test_a_meter_tier_year_start_that_is_no_day_is_refused(start: str) -> None:
+    meters = pl.DataFrame({"meter_id": ["m1"], "tariff_id": ["t"], "tier_year_start": [start]})
+
+    with pytest.raises(BillingError, match="tier_year_start"):
+        bill(hours("m1", OCT1, [1.0]), tariff(ANNUAL), ["2026-10"], meters=meters)
