@@ -30,7 +30,7 @@ from typing import Final
 import duckdb
 import polars as pl
 
-from meterlake.config.schemas import BILL_LINES, BILLS
+from meterlake.config.schemas import BILL_LINES, BILLS, empty_frame
 from meterlake.storage.layout import list_partitions, partition_files
 from meterlake.storage.scan import scan_current_intervals, scan_current_meters, scan_files
 from meterlake.storage.writer import write_table
@@ -96,10 +96,8 @@ def run_billing(
     )
     billable = meters.filter(known)
     if billable.is_empty():
-        empty = BillFrames(
-            pl.DataFrame(schema=BILLS.schema), pl.DataFrame(schema=BILL_LINES.schema)
-        )
-        return BillRunResult(run_id, label, 0, 0, empty.bills, empty.lines, skipped)
+        no_bills, no_lines = empty_frame(BILLS), empty_frame(BILL_LINES)
+        return BillRunResult(run_id, label, 0, 0, no_bills, no_lines, skipped)
     start, end = bill_range([label])
     intervals = scan_current_intervals(root, start, end)
     computed = compute_bills(
@@ -110,7 +108,7 @@ def run_billing(
         prior_kwh=_prior_kwh(root, billable, tariffs, label),
         carry_in=_carry_in(root, label),
     )
-    stored_bills, stored_lines = _current_bills(root, label)
+    stored_bills, stored_lines = current_bills(root, label)
     changed = _changed(computed, stored_bills, stored_lines)
     bills, lines = _issue(computed, changed, stored_bills, stored_lines, billable, run_id, now)
     # lines first: a bill row is what makes its lines visible, so a crash in between leaves
@@ -126,11 +124,6 @@ def run_billing(
         lines,
         skipped,
     )
-
-
-def current_bills(root: Path, period: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The highest version of each meter's bill of ``period`` and its lines."""
-    return _current_bills(root, period)
 
 
 def _prior_kwh(
@@ -161,7 +154,7 @@ def _carry_in(root: Path, period: str) -> pl.DataFrame:
     period carried out (its ``carry`` lines)."""
     year, month = (int(x) for x in period.split("-"))
     previous = f"{year - (month == 1):04d}-{(month - 2) % 12 + 1:02d}"
-    bills, lines = _current_bills(root, previous)
+    bills, lines = current_bills(root, previous)
     return (
         lines.filter(pl.col("kind") == "carry")
         .join(bills.select("bill_id", "meter_id"), on="bill_id")
@@ -177,9 +170,10 @@ def _carry_in(root: Path, period: str) -> pl.DataFrame:
     )
 
 
-def _current_bills(root: Path, period: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+def current_bills(root: Path, period: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The highest version of each meter's bill of ``period`` and its lines."""
     if period not in list_partitions(root, BILLS):
-        return pl.DataFrame(schema=BILLS.schema), pl.DataFrame(schema=BILL_LINES.schema)
+        return empty_frame(BILLS), empty_frame(BILL_LINES)
     bills = (
         scan_files(partition_files(root, BILLS, period), BILLS)
         .unique("bill_id")

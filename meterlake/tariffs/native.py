@@ -252,17 +252,12 @@ def _version(
         for where, t in _table_list(tables, "fixed", prefix, {"name", "amount", "per"}, problems)
     )
     minimum = None
-    if "minimum" in tables:
-        where = f"[{prefix}minimum]"
-        table = tables["minimum"]
-        if not isinstance(table, dict):
-            problems.append(f"{where}: must be a table with amount and per")
-        else:
-            _unknown_keys(table, {"amount", "per"}, where, problems)
-            minimum = MinimumCharge(
-                amount=_money(table, "amount", where, problems),
-                per=cast(Per, _choice(table, "per", ("month", "day"), where, problems, True)),
-            )
+    if found := _single_table(tables, "minimum", prefix, {"amount", "per"}, problems):
+        where, table = found
+        minimum = MinimumCharge(
+            amount=_money(table, "amount", where, problems),
+            per=cast(Per, _choice(table, "per", ("month", "day"), where, problems, True)),
+        )
     demand = tuple(
         _demand(where, t, periods, problems)
         for where, t in _table_list(
@@ -278,17 +273,12 @@ def _version(
         for where, t in _table_list(tables, "levies", prefix, {"name", "per_kwh"}, problems)
     )
     tax = None
-    if "tax" in tables:
-        where = f"[{prefix}tax]"
-        table = tables["tax"]
-        if not isinstance(table, dict):
-            problems.append(f"{where}: must be a table with name and percent")
-        else:
-            _unknown_keys(table, {"name", "percent"}, where, problems)
-            percent = _money(table, "percent", where, problems)
-            if percent > 100:
-                problems.append(f"{where} percent = {percent}: at most 100")
-            tax = Tax(name=_text(table, "name", where, problems) or "", percent=percent)
+    if found := _single_table(tables, "tax", prefix, {"name", "percent"}, problems):
+        where, table = found
+        percent = _money(table, "percent", where, problems)
+        if percent > 100:
+            problems.append(f"{where} percent = {percent}: at most 100")
+        tax = Tax(name=_text(table, "name", where, problems) or "", percent=percent)
     export = _export(tables.get("export"), periods, prefix, problems)
     if len(problems) > before or energy is None:
         return None
@@ -640,6 +630,21 @@ def _months(value: Any, place: str, problems: list[str]) -> list[int] | None:
         problems.append(f"{place}: a list of months 1-12")
         return None
     return value
+
+
+def _single_table(
+    tables: Mapping[str, Any], key: str, prefix: str, allowed: set[str], problems: list[str]
+) -> tuple[str, Mapping[str, Any]] | None:
+    """The table ``[key]`` with its place, if given and a table (else its problem)."""
+    if key not in tables:
+        return None
+    where = f"[{prefix}{key}]"
+    table = tables[key]
+    if not isinstance(table, dict):
+        problems.append(f"{where}: must be a table with {' and '.join(sorted(allowed))}")
+        return None
+    _unknown_keys(table, allowed, where, problems)
+    return where, table
 
 
 def _table_list(

@@ -33,3 +33,23 @@ def write_tariff(
     """
     path.write_text(textwrap.dedent(header) + textwrap.dedent(body), encoding="utf-8")
     return load_tariff_file(path)
+
+
+def money(value: float) -> Decimal:
+    """A JSON amount (float) back as Decimal cents."""
+    return Decimal(str(value)).quantize(CENT)
+
+
+RATE = Decimal("0.5283")
+FIXED = Decimal("10.00")
+FLAT = f"""
+    [energy]
+    prices = {{ all = {RATE} }}
+
+    [[fixed]]
+    name = "service charge"
+    amount = {FIXED}
+    per = "month"
+"""
+"""A flat test tariff's charges: ``RATE`` per kWh and ``FIXED`` a month (a header is added by
+:func:`write_tariff`)."""

@@ -7,9 +7,8 @@ import datetime as dt
 import json
 import re
 import subprocess
-import sys
 import textwrap
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -20,45 +19,10 @@ from meterlake.config.schemas import INTERVALS, METERS
 from meterlake.storage.catalog import connect_catalog
 from meterlake.storage.writer import write_table
 from meterlake.tariffs.registry import CATALOGUE_DIR, shipped_tariffs
+from tests.cli_runner import run_cli
+from tests.tariffs.helpers import FIXED, FLAT, RATE, cents, money, write_tariff
 
 UTC = dt.UTC
-CENT = Decimal("0.01")
-FLAT = """
-    id = "flat"
-    name = "Flat test tariff"
-    currency = "CNY"
-    timezone = "Asia/Shanghai"
-    source = "tests/tariffs/test_bill_cli.py"
-
-    [energy]
-    prices = { all = 0.5283 }
-
-    [[fixed]]
-    name = "service charge"
-    amount = 10
-    per = "month"
-"""
-RATE, FIXED = Decimal("0.5283"), Decimal("10.00")
-
-
-def meterlake(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "meterlake", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-        check=False,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
-    )
-
-
-def cents(amount: Decimal) -> Decimal:
-    return amount.quantize(CENT, rounding=ROUND_HALF_UP)
-
-
-def money(value: float) -> Decimal:
-    return Decimal(str(value)).quantize(CENT)
 
 
 def no_traceback(done: subprocess.CompletedProcess[str]) -> None:
@@ -69,7 +33,7 @@ def no_traceback(done: subprocess.CompletedProcess[str]) -> None:
 def flat_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "tariffs"
     directory.mkdir()
-    (directory / "flat.toml").write_text(textwrap.dedent(FLAT), encoding="utf-8")
+    write_tariff(directory, "flat", FLAT)
     return directory
 
 
@@ -93,9 +57,7 @@ def test_bill_a_load_profile_under_a_catalogue_tariff_into_a_json_file(tmp_path:
     load = hourly_csv(tmp_path / "load.csv", dt.datetime(2026, 10, 1), 31 * 24, 0.5)
     out = tmp_path / "bill.json"
 
-    done = meterlake(
-        "bill", "--tariff", "us-peco-rate-r", "--load", load, "--out", out, cwd=tmp_path
-    )
+    done = run_cli("bill", "--tariff", "us-peco-rate-r", "--load", load, "--out", out, cwd=tmp_path)
 
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text(encoding="utf-8"))
@@ -118,7 +80,7 @@ def test_bill_a_load_profile_under_a_tariff_file_prints_json(
 ) -> None:
     load = hourly_csv(tmp_path / "load.csv", dt.datetime(2026, 10, 31, 22), 4, 2.0)
 
-    done = meterlake("bill", "--tariff", flat_dir / "flat.toml", "--load", load, cwd=tmp_path)
+    done = run_cli("bill", "--tariff", flat_dir / "flat.toml", "--load", load, cwd=tmp_path)
 
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -132,7 +94,7 @@ def test_bill_a_load_profile_under_a_tariff_file_prints_json(
 def test_load_without_tariff_is_refused(tmp_path: Path) -> None:
     load = hourly_csv(tmp_path / "load.csv", dt.datetime(2026, 10, 1), 2, 1.0)
 
-    done = meterlake("bill", "--load", load, cwd=tmp_path)
+    done = run_cli("bill", "--load", load, cwd=tmp_path)
 
     assert done.returncode == 2
     assert "--load needs --tariff FILE-or-ID" in done.stderr
@@ -142,7 +104,7 @@ def test_load_without_tariff_is_refused(tmp_path: Path) -> None:
 def test_an_unknown_tariff_id_is_refused(tmp_path: Path) -> None:
     load = hourly_csv(tmp_path / "load.csv", dt.datetime(2026, 10, 1), 2, 1.0)
 
-    done = meterlake("bill", "--tariff", "no-such-tariff", "--load", load, cwd=tmp_path)
+    done = run_cli("bill", "--tariff", "no-such-tariff", "--load", load, cwd=tmp_path)
 
     assert done.returncode == 2
     assert "neither a .toml/.json file nor a known tariff id" in done.stderr
@@ -154,7 +116,7 @@ def test_a_bad_load_profile_is_refused_with_its_line(tmp_path: Path) -> None:
     load = tmp_path / "load.csv"
     load.write_text("timestamp,kwh\n2026-10-01 00:00,1\n2026-10-01 01:00,x\n", encoding="utf-8")
 
-    done = meterlake("bill", "--tariff", "us-peco-rate-r", "--load", load, cwd=tmp_path)
+    done = run_cli("bill", "--tariff", "us-peco-rate-r", "--load", load, cwd=tmp_path)
 
     assert done.returncode == 2
     assert "load.csv:3: kwh 'x' is not a number" in done.stderr
@@ -167,7 +129,7 @@ def test_a_bad_load_profile_is_refused_with_its_line(tmp_path: Path) -> None:
 @pytest.fixture
 def lake(tmp_path: Path) -> Path:
     root = tmp_path / "lake"
-    done = meterlake("init", root, cwd=tmp_path)
+    done = run_cli("init", root, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     start = dt.datetime(2026, 10, 1, tzinfo=ZoneInfo("Asia/Shanghai")).astimezone(UTC)
     hours = 31 * 24
@@ -213,7 +175,7 @@ def test_bill_a_period_then_again_writes_nothing_new(
 ) -> None:
     args = ("bill", "--lake", lake, "--period", "2026-10", "--tariffs", flat_dir)
 
-    first = meterlake(*args, cwd=tmp_path)
+    first = run_cli(*args, cwd=tmp_path)
 
     assert first.returncode == 0, first.stderr
     assert re.search(
@@ -237,7 +199,7 @@ def test_bill_a_period_then_again_writes_nothing_new(
         ("m-2", 1, cents(744 * RATE) + FIXED),
     ]
 
-    second = meterlake(*args, cwd=tmp_path)
+    second = run_cli(*args, cwd=tmp_path)
 
     assert second.returncode == 0, second.stderr
     assert re.search(
@@ -247,7 +209,7 @@ def test_bill_a_period_then_again_writes_nothing_new(
 
 
 def test_a_malformed_period_is_refused(tmp_path: Path, lake: Path, flat_dir: Path) -> None:
-    done = meterlake(
+    done = run_cli(
         "bill", "--lake", lake, "--period", "2026-13", "--tariffs", flat_dir, cwd=tmp_path
     )
 
@@ -257,7 +219,7 @@ def test_a_malformed_period_is_refused(tmp_path: Path, lake: Path, flat_dir: Pat
 
 
 def test_bill_without_period_or_load_is_refused(tmp_path: Path, lake: Path) -> None:
-    done = meterlake("bill", "--lake", lake, cwd=tmp_path)
+    done = run_cli("bill", "--lake", lake, cwd=tmp_path)
 
     assert done.returncode == 2
     assert "give --period YYYY-MM (lake bills) or --load FILE --tariff T" in done.stderr
@@ -270,7 +232,7 @@ def test_bill_without_period_or_load_is_refused(tmp_path: Path, lake: Path) -> N
 def test_tariff_check_prints_the_price_grid_of_a_catalogue_file(tmp_path: Path) -> None:
     path = CATALOGUE_DIR / "cn-sh-residential-tou.toml"
 
-    done = meterlake("tariff", "check", path, cwd=tmp_path)
+    done = run_cli("tariff", "check", path, cwd=tmp_path)
 
     assert done.returncode == 0, done.stderr
     tariff = shipped_tariffs()["cn-sh-residential-tou"]
@@ -308,7 +270,7 @@ def test_tariff_check_lists_every_problem_of_a_bad_file(tmp_path: Path) -> None:
         encoding="utf-8",
     )
 
-    done = meterlake("tariff", "check", bad, cwd=tmp_path)
+    done = run_cli("tariff", "check", bad, cwd=tmp_path)
 
     assert done.returncode == 2
     assert done.stdout == ""
@@ -319,14 +281,14 @@ def test_tariff_check_lists_every_problem_of_a_bad_file(tmp_path: Path) -> None:
 
 
 def test_tariff_check_of_a_missing_file(tmp_path: Path) -> None:
-    done = meterlake("tariff", "check", tmp_path / "nope.toml", cwd=tmp_path)
+    done = run_cli("tariff", "check", tmp_path / "nope.toml", cwd=tmp_path)
 
     assert done.returncode == 2
     assert "nope.toml: no such file" in done.stderr
 
 
 def test_tariff_list_shows_every_catalogue_id(tmp_path: Path, flat_dir: Path) -> None:
-    done = meterlake("tariff", "list", "--tariffs", flat_dir, cwd=tmp_path)
+    done = run_cli("tariff", "list", "--tariffs", flat_dir, cwd=tmp_path)
 
     assert done.returncode == 0, done.stderr
     shown = {

@@ -24,25 +24,13 @@ from meterlake.storage.scan import scan
 from meterlake.storage.writer import write_table
 from meterlake.tariffs.bill_job import BillRunResult, current_bills, run_billing
 from meterlake.tariffs.model import Tariff
-from tests.tariffs.helpers import cents, write_tariff
+from tests.tariffs.helpers import FIXED, FLAT, RATE, cents, write_tariff
 
 UTC = dt.UTC
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 NOW = dt.datetime(2026, 11, 2, 3, tzinfo=UTC)
 HOUR = dt.timedelta(hours=1)
 QUARTER = dt.timedelta(minutes=15)
-
-RATE = Decimal("0.5283")
-FIXED = Decimal("10.00")
-FLAT = f"""
-    [energy]
-    prices = {{ all = {RATE} }}
-
-    [[fixed]]
-    name = "service charge"
-    amount = {FIXED}
-    per = "month"
-"""
 
 
 def local(year: int, month: int, day: int, hour: int = 0, zone: ZoneInfo = SHANGHAI) -> dt.datetime:

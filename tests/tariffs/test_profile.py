@@ -16,34 +16,15 @@ import pytest
 from meterlake.config.errors import InputFileError, PermanentError
 from meterlake.tariffs.model import Tariff
 from meterlake.tariffs.profile import METER, bill_load_profile, read_load_profile
-from tests.tariffs.helpers import CENT, cents, write_tariff
+from tests.tariffs.helpers import FIXED, FLAT, RATE, cents, money, write_tariff
 
 UTC = dt.UTC
-RATE = Decimal("0.5283")
-FIXED = Decimal("10.00")
-
-
-def money(value: float) -> Decimal:
-    """A JSON amount (float) back as Decimal cents."""
-    return Decimal(str(value)).quantize(CENT)
 
 
 @pytest.fixture
 def flat(tmp_path: Path) -> Tariff:
     """0.5283 CNY/kWh and 10 CNY a month, Asia/Shanghai."""
-    return write_tariff(
-        tmp_path / "tariffs",
-        "flat",
-        f"""
-        [energy]
-        prices = {{ all = {RATE} }}
-
-        [[fixed]]
-        name = "service charge"
-        amount = {FIXED}
-        per = "month"
-        """,
-    )
+    return write_tariff(tmp_path / "tariffs", "flat", FLAT)
 
 
 @pytest.fixture
