@@ -227,6 +227,7 @@ BILLS: Final = TableSpec(
             "version": pl.Int32(),
             "supersedes": pl.String(),
             "status": pl.String(),
+            "hold_reasons": pl.List(pl.String()),
             "run_id": pl.String(),
             "issued_at": UTC_TS,
         }
@@ -240,7 +241,9 @@ BILLS: Final = TableSpec(
 ``period_start`` to ``period_end`` exclusive). ``bill_id`` hashes meter, period, tariff and its
 version, the interval data version and the bill version. A corrected bill is a new row with
 ``version`` + 1 naming the one it ``supersedes``; ``adjustment_amount`` is its total minus the
-superseded total. ``export_carry_kwh`` is the net-metering credit carried to the next period."""
+superseded total. ``export_carry_kwh`` is the net-metering credit carried to the next period.
+``status`` is ``released`` (passed the pre-release checks) or ``held`` for review, with the
+``hold_reasons``; a held bill is released by a ``bill_reviews`` row, never by rewriting it."""
 
 BILL_LINES: Final = TableSpec(
     name="bill_lines",
@@ -289,6 +292,182 @@ ALERTS: Final = TableSpec(
     dedup_key=("alert_id", "state", "ts"),
     time_column="ts",
 )
+"""Alert events: ``state`` ``raised`` (the condition became true), ``renotified`` (still true
+after the rule's cooldown) or ``resolved`` (it cleared), at ``ts``. ``alert_id`` is stable for
+one rule, meter (or feeder: ``meter_id`` then names the feeder as ``feeder:<name>``) and
+occurrence; ``values_json`` holds the figures behind the message."""
+
+ALERT_DELIVERIES: Final = TableSpec(
+    name="alert_deliveries",
+    schema=pl.Schema(
+        {
+            "alert_id": pl.String(),
+            "state": pl.String(),
+            "ts": UTC_TS,
+            "sink": pl.String(),
+            "delivered_at": UTC_TS,
+        }
+    ),
+    partition="date",
+    partition_from="delivered_at",
+    dedup_key=("alert_id", "state", "ts", "sink"),
+    time_column="delivered_at",
+)
+"""One row per alert event (``alert_id, state, ts`` of ``alerts``) a sink accepted. An event a
+sink has no row for is still to be delivered to it: a sink that is down gets it on a later run."""
+
+DAILY_USAGE: Final = TableSpec(
+    name="daily_usage",
+    schema=pl.Schema(
+        {
+            "meter_id": pl.String(),
+            "day": pl.Date(),
+            "timezone": pl.String(),
+            "interval_minutes": pl.Int16(),
+            "energy_kwh": pl.Float64(),
+            "export_kwh": pl.Float64(),
+            "peak_kw": pl.Float64(),
+            "min_kw": pl.Float64(),
+            "mean_kw": pl.Float64(),
+            "load_factor": pl.Float64(),
+            "peak_valley_diff_kw": pl.Float64(),
+            "peak_valley_ratio": pl.Float64(),
+            "base_load_kw": pl.Float64(),
+            "energy_peak_kwh": pl.Float64(),
+            "energy_flat_kwh": pl.Float64(),
+            "energy_valley_kwh": pl.Float64(),
+            "energy_critical_kwh": pl.Float64(),
+            "intervals": pl.Int32(),
+            "intervals_estimated": pl.Int32(),
+            "intervals_missing": pl.Int32(),
+            "actual_share": pl.Float64(),
+            "curve_kw": pl.List(pl.Float64()),
+            "profile": pl.Int16(),
+            "run_id": pl.String(),
+            "computed_at": UTC_TS,
+        }
+    ),
+    partition="month",
+    partition_from="day",
+    dedup_key=("meter_id", "day", "run_id"),
+    time_column="day",
+)
+"""Per meter and local ``day``: import ``energy_kwh`` and ``export_kwh`` [kWh], demand figures
+[kW] from the interval import (``peak_kw``, ``min_kw``, ``mean_kw``, ``base_load_kw`` a low
+percentile), ``load_factor`` (mean / peak), ``peak_valley_diff_kw`` and ``peak_valley_ratio``
+((peak - min) / peak, 峰谷差率), import per class of the meter's tariff periods, VEE counts,
+the day's curve (one mean power [kW] per interval, local order) and its typical-profile cluster.
+A later analysis run adds new rows; the ``daily_stats`` view shows each day's latest."""
+
+ANOMALY_SCORES: Final = TableSpec(
+    name="anomaly_scores",
+    schema=pl.Schema(
+        {
+            "meter_id": pl.String(),
+            "day": pl.Date(),
+            "score": pl.Float64(),
+            "kinds": pl.List(pl.String()),
+            "reasons": pl.List(pl.String()),
+            "energy_kwh": pl.Float64(),
+            "baseline_kwh": pl.Float64(),
+            "robust_z": pl.Float64(),
+            "isolation": pl.Float64(),
+            "run_id": pl.String(),
+            "computed_at": UTC_TS,
+        }
+    ),
+    partition="month",
+    partition_from="day",
+    dedup_key=("meter_id", "day", "run_id"),
+    time_column="day",
+)
+"""Per meter and local ``day``: an anomaly ``score`` between 0 and 1 (higher: more suspicious),
+the ``kinds`` that fired (``surge``, ``drop``, ``sustained_drop``, ``zero_with_voltage``,
+``reverse_energy``, ``flat_line``, ``vacant_use``, ``isolation``) with a sentence each in
+``reasons``, the day's import against the meter's ``baseline_kwh`` (median of like days),
+``robust_z`` ((energy - median) / (1.4826 MAD)) and the IsolationForest ``isolation`` score
+(0-1). The ``anomalies`` view shows each day's latest run."""
+
+LOAD_PROFILES: Final = TableSpec(
+    name="load_profiles",
+    schema=pl.Schema(
+        {
+            "scope": pl.String(),
+            "cluster": pl.Int16(),
+            "days": pl.Int64(),
+            "share": pl.Float64(),
+            "weekday_days": pl.Int64(),
+            "weekend_days": pl.Int64(),
+            "mean_energy_kwh": pl.Float64(),
+            "centroid": pl.List(pl.Float64()),
+            "silhouette": pl.Float64(),
+            "range_start": pl.Date(),
+            "range_end": pl.Date(),
+            "run_id": pl.String(),
+            "computed_at": UTC_TS,
+        }
+    ),
+    partition="date",
+    partition_from="computed_at",
+    dedup_key=("scope", "cluster", "run_id"),
+    time_column="computed_at",
+)
+"""Typical daily profiles: k-means clusters of normalised daily curves (``centroid``: mean 1
+over the day, 96 points for 15 minutes). ``scope`` ``portfolio`` holds the fleet's clusters (k
+chosen by ``silhouette``); ``scope`` = a meter id holds that meter's own mean curve per cluster
+its days fall in. ``share`` is the cluster's share of the scope's days."""
+
+TIER_PROGRESS: Final = TableSpec(
+    name="tier_progress",
+    schema=pl.Schema(
+        {
+            "meter_id": pl.String(),
+            "as_of": pl.Date(),
+            "tariff_id": pl.String(),
+            "tier_reset": pl.String(),
+            "window_start": pl.Date(),
+            "window_end": pl.Date(),
+            "energy_kwh": pl.Float64(),
+            "tier": pl.Int16(),
+            "next_threshold_kwh": pl.Float64(),
+            "threshold_share": pl.Float64(),
+            "daily_kwh": pl.Float64(),
+            "projected_crossing": pl.Date(),
+            "days_to_crossing": pl.Int32(),
+            "run_id": pl.String(),
+            "computed_at": UTC_TS,
+        }
+    ),
+    partition="date",
+    partition_from="as_of",
+    dedup_key=("meter_id", "as_of", "run_id"),
+    time_column="as_of",
+)
+"""Tier progress per meter ``as_of`` a local day: import ``energy_kwh`` counted in the tier
+window (``window_start`` to ``window_end`` exclusive: the tier year, month or billing cycle),
+the ``tier`` it is in (1 = the first), the ``next_threshold_kwh`` and the share of it used,
+recent ``daily_kwh`` and, from it, the ``projected_crossing`` day (null: not within the
+window). Meters whose tariff has no tiers have no row."""
+
+BILL_REVIEWS: Final = TableSpec(
+    name="bill_reviews",
+    schema=pl.Schema(
+        {
+            "bill_id": pl.String(),
+            "period": pl.String(),
+            "action": pl.String(),
+            "note": pl.String(),
+            "reviewer": pl.String(),
+            "reviewed_at": UTC_TS,
+        }
+    ),
+    partition="period",
+    partition_from="period",
+    dedup_key=("bill_id", "action", "reviewed_at"),
+    time_column="reviewed_at",
+)
+"""Review decisions on held bills: ``action`` ``released`` by a person or rule (``reviewer``)
+at ``reviewed_at``. A bill issued ``held`` counts as released once it has such a row."""
 
 QUARANTINE: Final = TableSpec(
     name="quarantine",
@@ -384,6 +563,12 @@ TABLES: Final[dict[str, TableSpec]] = {
         BILLS,
         BILL_LINES,
         ALERTS,
+        ALERT_DELIVERIES,
+        DAILY_USAGE,
+        ANOMALY_SCORES,
+        LOAD_PROFILES,
+        TIER_PROGRESS,
+        BILL_REVIEWS,
         QUARANTINE,
         METERS,
         METER_EVENTS,

@@ -14,7 +14,17 @@ An analyst opens it with ``duckdb <lake>/catalog.duckdb`` (or ``meterlake sql``)
     bills               every version of every bill (+ ``period``)
     bills_current       the latest version of each meter's bill of each period
     bill_lines          the lines of every bill version; ``bill_lines_current``: of current bills
-    alerts, quarantine
+    bill_reviews        releases of held bills
+    daily_usage         every analysis run's daily figures; ``daily_stats``: each day's latest
+    daily_curves        ``daily_stats``' curves, one row per meter, day and interval
+    monthly_usage       energy per meter and local month, with the same month last year
+    anomaly_scores      every run's anomaly scores; ``anomalies``: each day's latest
+    load_profiles       typical daily profiles per run; ``load_profiles_current``: the latest run
+    tier_progress       tier progress per meter and day; ``tier_progress_current``: the latest
+    alerts              alert events (raised, renotified, resolved); ``alerts_open``: the
+                        alerts whose latest event is not ``resolved``
+    alert_deliveries    which sink took which alert event
+    quarantine
     quantities          the canonical quantity names and their units
     quality_flags       the flags a reading's ``quality`` may hold
 
@@ -32,14 +42,20 @@ import duckdb
 
 from meterlake.config.errors import LakeBusyError, PermanentError
 from meterlake.config.schemas import (
+    ALERTS,
+    ANOMALY_SCORES,
     BILL_LINES,
+    BILL_REVIEWS,
     BILLS,
+    DAILY_USAGE,
     INTERVALS,
+    LOAD_PROFILES,
     METERS,
     QUALITY_MEANINGS,
     QUANTITIES,
     READINGS,
     TABLES,
+    TIER_PROGRESS,
     Quality,
     TableSpec,
     empty_frame,
@@ -122,8 +138,15 @@ QUALIFY row_number() OVER (
 
 
 BILLS_CURRENT_SQL: Final = f"""
-SELECT * FROM {BILLS.name}
-QUALIFY row_number() OVER (PARTITION BY meter_id, period ORDER BY version DESC, issued_at DESC) = 1
+SELECT b.* REPLACE (CASE WHEN r.bill_id IS NULL THEN b.status ELSE 'released' END AS status),
+       r.reviewer AS released_by, r.reviewed_at AS released_at
+FROM {BILLS.name} AS b
+LEFT JOIN (
+    SELECT bill_id, reviewer, reviewed_at FROM {BILL_REVIEWS.name} WHERE action = 'released'
+    QUALIFY row_number() OVER (PARTITION BY bill_id ORDER BY reviewed_at) = 1
+) AS r USING (bill_id)
+QUALIFY row_number() OVER (
+    PARTITION BY b.meter_id, b.period ORDER BY b.version DESC, b.issued_at DESC) = 1
 """
 
 BILL_LINES_CURRENT_SQL: Final = f"""
@@ -131,10 +154,73 @@ SELECT l.* FROM {BILL_LINES.name} AS l SEMI JOIN bills_current AS b USING (bill_
 """
 
 
+DAILY_STATS_SQL: Final = f"""
+SELECT * EXCLUDE (month) FROM {DAILY_USAGE.name}
+QUALIFY row_number() OVER (
+    PARTITION BY month, meter_id, day ORDER BY computed_at DESC, run_id DESC) = 1
+"""
+
+DAILY_CURVES_SQL: Final = """
+SELECT meter_id, day, timezone, interval_minutes, generate_subscripts(curve_kw, 1) - 1 AS slot,
+       unnest(curve_kw) AS power_kw
+FROM daily_stats
+"""
+
+MONTHLY_USAGE_SQL: Final = """
+WITH m AS (
+    SELECT meter_id, strftime(day, '%Y-%m') AS month, sum(energy_kwh) AS energy_kwh,
+           sum(export_kwh) AS export_kwh, count(*) AS days, max(peak_kw) AS peak_kw
+    FROM daily_stats GROUP BY ALL
+)
+SELECT m.*, ly.energy_kwh AS last_year_kwh,
+       (m.energy_kwh - ly.energy_kwh) / nullif(ly.energy_kwh, 0) AS change_vs_last_year
+FROM m LEFT JOIN m AS ly
+  ON ly.meter_id = m.meter_id
+ AND ly.month = strftime(strptime(m.month || '-01', '%Y-%m-%d') - INTERVAL 1 YEAR, '%Y-%m')
+"""
+
+ANOMALIES_SQL: Final = f"""
+SELECT * EXCLUDE (month) FROM {ANOMALY_SCORES.name}
+QUALIFY row_number() OVER (
+    PARTITION BY month, meter_id, day ORDER BY computed_at DESC, run_id DESC) = 1
+"""
+
+LOAD_PROFILES_CURRENT_SQL: Final = f"""
+SELECT * EXCLUDE (date) FROM {LOAD_PROFILES.name}
+WHERE run_id = (SELECT arg_max(run_id, computed_at) FROM {LOAD_PROFILES.name})
+"""
+
+TIER_PROGRESS_CURRENT_SQL: Final = f"""
+SELECT * EXCLUDE (date) FROM {TIER_PROGRESS.name}
+QUALIFY row_number() OVER (PARTITION BY meter_id ORDER BY as_of DESC, computed_at DESC) = 1
+"""
+
+ALERTS_OPEN_SQL: Final = f"""
+WITH latest AS (
+    SELECT * FROM {ALERTS.name}
+    QUALIFY row_number() OVER (PARTITION BY alert_id ORDER BY ts DESC, state DESC) = 1
+)
+SELECT l.* EXCLUDE (date), f.ts AS raised_at
+FROM latest AS l
+JOIN (SELECT alert_id, min(ts) AS ts FROM {ALERTS.name} GROUP BY alert_id) AS f USING (alert_id)
+WHERE l.state <> 'resolved'
+"""
+
 METERS_CURRENT_SQL: Final = f"""
 SELECT * FROM {METERS.name}
 QUALIFY row_number() OVER (PARTITION BY meter_id ORDER BY updated_at DESC, date DESC) = 1
 """
+
+
+_DERIVED_VIEWS: Final = {
+    "daily_stats": DAILY_STATS_SQL,
+    "daily_curves": DAILY_CURVES_SQL,
+    "monthly_usage": MONTHLY_USAGE_SQL,
+    "anomalies": ANOMALIES_SQL,
+    "load_profiles_current": LOAD_PROFILES_CURRENT_SQL,
+    "tier_progress_current": TIER_PROGRESS_CURRENT_SQL,
+    "alerts_open": ALERTS_OPEN_SQL,
+}
 
 
 def catalog_path(root: Path) -> Path:
@@ -166,6 +252,8 @@ def refresh_catalog(root: Path) -> Path:
         con.execute(f"CREATE OR REPLACE VIEW meters_current AS {METERS_CURRENT_SQL}")
         con.execute(f"CREATE OR REPLACE VIEW bills_current AS {BILLS_CURRENT_SQL}")
         con.execute(f"CREATE OR REPLACE VIEW bill_lines_current AS {BILL_LINES_CURRENT_SQL}")
+        for name, sql in _DERIVED_VIEWS.items():
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
         con.execute("CREATE OR REPLACE TABLE quantities (quantity VARCHAR, unit VARCHAR)")
         con.executemany("INSERT INTO quantities VALUES (?, ?)", list(QUANTITIES.items()))
         con.execute("CREATE OR REPLACE TABLE quality_flags (flag VARCHAR, meaning VARCHAR)")

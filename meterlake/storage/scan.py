@@ -8,6 +8,7 @@ another day's files.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -81,31 +82,40 @@ def _utc(moment: dt.datetime) -> dt.datetime:
     return moment.astimezone(dt.UTC)
 
 
+def scan_latest(
+    root: Path, table: TableSpec, key: Sequence[str], order: Sequence[str]
+) -> pl.LazyFrame:
+    """The latest row of ``table`` per ``key``: the last by ``order`` (nulls first), as the
+    catalogue's ``*_current`` views pick it."""
+    return (
+        scan(root, table)
+        .sort(list(order), nulls_last=False)
+        .group_by(list(key), maintain_order=True)
+        .last()
+    )
+
+
 def scan_current_meters(root: Path) -> pl.LazyFrame:
     """Each meter's current master record: its row of ``meters`` with the latest ``updated_at``
     (what the catalogue's ``meters_current`` view shows)."""
-    return (
-        scan(root, METERS)
-        .sort("updated_at", nulls_last=False)
-        .group_by("meter_id", maintain_order=True)
-        .last()
-    )
+    return scan_latest(root, METERS, ["meter_id"], ["updated_at"])
 
 
 def latest_versions(intervals: pl.LazyFrame) -> pl.LazyFrame:
     """The highest version of each (meter, interval) -- what ``intervals_current`` shows.
 
-    Most intervals only ever have version 1, so the plan picks the latest of the few keys with
-    later versions (a small group-by) and takes every other key's version 1 as it is, instead of
-    grouping every row. It relies on the table's dedup key: a (meter, interval, version) is
-    stored once (writers append only new versions; compaction removes exact copies).
+        Most intervals only ever have version 1, so the plan picks the latest of the few keys with
+        later versions (a small group-by) and takes every other key's version 1 as it is, instead of
+        grouping every row. It relies on the table's dedup key: a (meter, interval, version) is
+        stored once (writers append only new versions; compaction removes exact copies).
 
-    >>> import datetime as dt
-    >>> t = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
-    >>> rows = pl.LazyFrame({"meter_id": ["m1", "m1", "m2"], "interval_start": [t, t, t],
-    ...                      "version": [1, 2, 1], "energy_import_kwh": [0.5, 0.6, 0.7]})
-    >>> latest_versions(rows).collect().sort("meter_id")["energy_import_kwh"].to_list()
-    [0.6, 0.7]
+        >>> import datetime as dt
+    from collections.abc import Sequence
+        >>> t = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+        >>> rows = pl.LazyFrame({"meter_id": ["m1", "m1", "m2"], "interval_start": [t, t, t],
+        ...                      "version": [1, 2, 1], "energy_import_kwh": [0.5, 0.6, 0.7]})
+        >>> latest_versions(rows).collect().sort("meter_id")["energy_import_kwh"].to_list()
+        [0.6, 0.7]
     """
     key = list(INTERVAL_KEY)
     later = (

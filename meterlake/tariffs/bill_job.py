@@ -43,7 +43,8 @@ from meterlake.tariffs.engine import (
 )
 from meterlake.tariffs.model import Tariff
 
-STATUS_ISSUED: Final = "issued"
+STATUS_RELEASED: Final = "released"
+STATUS_HELD: Final = "held"
 _COMPARED_BILL: Final = (
     "tariff_id",
     "energy_import_kwh",
@@ -258,7 +259,8 @@ def _issue(
             adjustment_amount=pl.when(pl.col("supersedes").is_null())
             .then(pl.lit(Decimal(0)))
             .otherwise(pl.col("total_amount") - pl.col("previous_total").cast(pl.Decimal(38, 4))),
-            status=pl.lit(STATUS_ISSUED),
+            status=pl.lit(STATUS_RELEASED),
+            hold_reasons=pl.lit([], dtype=pl.List(pl.String)),
             run_id=pl.lit(run_id),
             issued_at=pl.lit(now.astimezone(dt.UTC)),
         )

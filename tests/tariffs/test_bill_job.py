@@ -155,7 +155,7 @@ def test_first_run_bills_every_meter_once_at_version_1(
         assert bill["version"] == 1
         assert bill["supersedes"] is None
         assert bill["adjustment_amount"] == 0
-        assert bill["status"] == "issued"
+        assert bill["status"] == "released"
         assert bill["account"] == f"acc-{meter_id}"
         assert (bill["period_start"], bill["period_end"]) == (
             dt.date(2026, 10, 1),
