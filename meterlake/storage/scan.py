@@ -82,16 +82,29 @@ def _utc(moment: dt.datetime) -> dt.datetime:
     return moment.astimezone(dt.UTC)
 
 
+def latest_rows(frame: pl.LazyFrame, key: Sequence[str], order: Sequence[str]) -> pl.LazyFrame:
+    """The last row of ``frame`` per ``key`` by ``order`` (nulls first), as the catalogue's
+    ``*_current`` views pick it."""
+    return frame.sort(list(order), nulls_last=False).group_by(list(key), maintain_order=True).last()
+
+
 def scan_latest(
     root: Path, table: TableSpec, key: Sequence[str], order: Sequence[str]
 ) -> pl.LazyFrame:
-    """The latest row of ``table`` per ``key``: the last by ``order`` (nulls first), as the
-    catalogue's ``*_current`` views pick it."""
-    return (
-        scan(root, table)
-        .sort(list(order), nulls_last=False)
-        .group_by(list(key), maintain_order=True)
-        .last()
+    """:func:`latest_rows` of the whole of ``table``."""
+    return latest_rows(scan(root, table), key, order)
+
+
+def scan_days(root: Path, table: TableSpec, first: dt.date, end: dt.date) -> pl.LazyFrame:
+    """Rows of a table whose time column is a local day (``daily_usage``, ...) from ``first``
+    up to ``end`` (exclusive); only the partitions that can hold them are read."""
+    if table.schema[table.time_column] != pl.Date():
+        raise ValueError(f"{table.name}.{table.time_column} is not a day; use scan()")
+    lo = dt.datetime.combine(first, dt.time(), tzinfo=dt.UTC)
+    hi = dt.datetime.combine(end, dt.time(), tzinfo=dt.UTC)
+    files = files_in_range(root, table, lo, hi)
+    return scan_files(files, table).filter(
+        pl.col(table.time_column).is_between(first, end, closed="left")
     )
 
 
