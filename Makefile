@@ -16,14 +16,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	rm -rf $(DEMO_LAKE)
 	$(BIN)/meterlake init $(DEMO_LAKE)
-	$(BIN)/meterlake simulate --lake $(DEMO_LAKE) --meters 300 --days 31 --start 2026-10-01 --seed 7
+	$(BIN)/meterlake simulate --lake $(DEMO_LAKE) --meters 300 --days 31 --start 2026-10-01 --seed 7 --anomalies 0.05
 	$(BIN)/meterlake compact --lake $(DEMO_LAKE)
 	$(BIN)/meterlake vee --lake $(DEMO_LAKE)
+	$(BIN)/meterlake analyze --lake $(DEMO_LAKE) --from 2026-10-01 --to 2026-10-31
+	$(BIN)/meterlake alerts --lake $(DEMO_LAKE) --rules examples/demo_alerts.toml --now 2026-11-01T00:00Z
 	$(BIN)/meterlake bill --lake $(DEMO_LAKE) --period 2026-10
 	$(BIN)/meterlake sql --lake $(DEMO_LAKE) --file examples/demo_bills.sql
 	$(BIN)/meterlake info --lake $(DEMO_LAKE)
 	$(BIN)/meterlake quality --lake $(DEMO_LAKE) --max-rows 10
 	$(BIN)/meterlake sql --lake $(DEMO_LAKE) --file examples/demo_query.sql
+	$(BIN)/meterlake sql --lake $(DEMO_LAKE) --file examples/demo_analytics.sql
+	$(BIN)/meterlake report --lake $(DEMO_LAKE) --meter m-00002 --period 2026-10 --out $(DEMO_LAKE)/report-m-00002.html
+	@echo "customer usage report: $(DEMO_LAKE)/report-m-00002.html (open it in a browser)"
 
 test: lint typecheck unit bench-smoke
 

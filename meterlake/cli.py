@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -32,7 +33,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from meterlake import __version__
+from meterlake.alerts.job import run_alerts
+from meterlake.alerts.rules import load_alert_rules
 from meterlake.analytics.quality import quality_figures
+from meterlake.analytics.report import Language as ReportLang
+from meterlake.analytics.report import write_report
 from meterlake.analytics.vee_job import run_vee
 from meterlake.config.errors import LakeBusyError, MeterlakeError, PermanentError, RetryableError
 from meterlake.config.ids import validate_meter_id
@@ -55,6 +60,7 @@ from meterlake.ingest.payloads import FormatOptions
 from meterlake.ingest.profiles import load_registry
 from meterlake.ingest.simulator import (
     FleetSpec,
+    simulate_anomalies,
     simulate_batches,
     simulate_faults,
     simulate_meter_records,
@@ -65,11 +71,13 @@ from meterlake.storage.compaction import compact_lake
 from meterlake.storage.layout import init_lake, list_partitions, partition_files, require_lake
 from meterlake.storage.scan import latest_versions, scan
 from meterlake.storage.writer import write_table
-from meterlake.tariffs.bill_job import run_billing
+from meterlake.tariffs.bill_checks import STATUS_HELD
+from meterlake.tariffs.bill_job import release_bill, run_billing
 from meterlake.tariffs.describe import describe_tariff
 from meterlake.tariffs.model import Tariff
 from meterlake.tariffs.profile import bill_load_profile, read_load_profile
 from meterlake.tariffs.registry import load_tariff_file, load_tariffs
+from meterlake.tariffs.usage import run_tier_progress, with_tou_class
 
 _T = TypeVar("_T")
 
@@ -525,9 +533,20 @@ def simulate(
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same fleet.")] = 0,
     batch_hours: Annotated[int, typer.Option(min=1, help="Hours per written batch (file).")] = 1,
+    anomalies: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            metavar="SHARE",
+            help="Share of meters with an injected anomaly (surge, theft, tampered register, "
+            "reversed wiring, flat line, use while vacant); 0: none.",
+        ),
+    ] = 0.0,
 ) -> None:
-    """Write a simulated fleet's readings (with daily/weekly shape and injected faults) and
-    its meters (group household/business, PV or import-only)."""
+    """Write a simulated fleet's readings (with daily/weekly shape, injected faults and, with
+    --anomalies, injected anomalies) and its meters (group household/business, PV or
+    import-only, vacant)."""
     root = _lake(lake, config)
     settings = _settings(config)
     if start is None:
@@ -543,6 +562,7 @@ def simulate(
         days=days,
         timezone=settings.site.timezone,
         seed=seed,
+        anomaly_share=anomalies,
     )
     rows = 0
     batches = simulate_batches(spec, batch_hours=batch_hours)
@@ -559,6 +579,10 @@ def simulate(
     if faults.height:
         counts = faults["kind"].value_counts(sort=True)
         out.print("injected faults: " + ", ".join(f"{k} {n}" for k, n in counts.iter_rows()))
+    injected = simulate_anomalies(spec)
+    if injected.height:
+        counts = injected["kind"].value_counts(sort=True)
+        out.print("injected anomalies: " + ", ".join(f"{k} {n}" for k, n in counts.iter_rows()))
 
 
 @app.command()
@@ -717,6 +741,88 @@ def status(config: ConfigOpt = None) -> None:
             out.print(table)
 
 
+class ReportLanguage(StrEnum):
+    zh = "zh"
+    en = "en"
+
+
+@app.command()
+def report(
+    meter: Annotated[str, typer.Option("--meter", "-m", help="The meter id.")],
+    period: Annotated[str, typer.Option(help="The month, YYYY-MM (local days).")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")],
+    lake: LakeOpt = None,
+    config: ConfigOpt = None,
+    day: Annotated[
+        str | None,
+        typer.Option(help="Day of the load curve, YYYY-MM-DD; default: the month's top day."),
+    ] = None,
+    lang: Annotated[ReportLanguage, typer.Option(help="Language of the page.")] = ReportLanguage.zh,
+) -> None:
+    """One meter's usage report for a month: a self-contained HTML page (works offline).
+
+    Monthly and daily usage, a day's load curve over the typical day, the peak/flat/valley
+    split, tier progress, the bill, open alerts and a few observations, from the lake's
+    daily_usage, load_profiles, tier_progress, bills and alerts tables.
+    """
+    root = _lake(lake, config)
+    language: ReportLang = "en" if lang is ReportLanguage.en else "zh"
+    path = write_report(root, meter, period, out_file, lang=language, day=_day(day, "--day"))
+    out.print(
+        f"report of {escape(meter)} for {period} ({language}): {escape(str(path))} "
+        f"({path.stat().st_size / 1e6:.1f} MB)",
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def alerts(
+    rules: Annotated[
+        Path, typer.Option("--rules", "-r", help="Alert rules and sinks (TOML, docs/alerts.md).")
+    ],
+    lake: LakeOpt = None,
+    config: ConfigOpt = None,
+    now: Annotated[
+        str | None,
+        typer.Option(help="Evaluate as of this time (ISO 8601 with zone, e.g. 2026-10-01T12:00Z)."),
+    ] = None,
+) -> None:
+    """Evaluate the alert rules, write raised/renotified/resolved events to the lake and send
+    them to the sinks (log, MQTT, webhook).
+
+    A second run with the same --now raises nothing new. Events a sink did not take (it was
+    down) stay pending and go out on a later run.
+    """
+    root = _lake(lake, config)
+    checked = load_alert_rules(rules)
+    moment = dt.datetime.now(dt.UTC)
+    if now is not None:
+        try:
+            moment = dt.datetime.fromisoformat(now)
+        except ValueError:
+            raise PermanentError(
+                f"--now {now!r} is not an ISO 8601 time (2026-10-01T12:00Z)"
+            ) from None
+        if moment.tzinfo is None:
+            raise PermanentError(f"--now {now!r} has no time zone: add Z for UTC")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    result = run_alerts(root, checked, moment, clock=lambda: dt.datetime.now(dt.UTC))
+    _refresh(root)
+    counts = result.counts()
+    out.print(
+        f"alerts as of {_moment(result.now)}: {result.conditions.height} conditions true; "
+        + ", ".join(f"{counts[s].sum()} {s}" for s in ("raised", "renotified", "resolved"))
+    )
+    if counts.height:
+        out.print(_render_table(counts, counts.height))
+    for name, delivered in result.delivered.items():
+        out.print(f"  sink {escape(name)}: {delivered} delivered, {result.pending[name]} pending")
+        if name in result.errors:
+            err.print(f"[yellow]sink {escape(name)}:[/] {escape(result.errors[name])}")
+
+
 def _tariffs(config: Path | None, extra: list[Path] | None) -> dict[str, Tariff]:
     """The catalogue, the config's ``[bill] tariffs_dir`` and the ``--tariffs`` directories."""
     settings = _settings(config)
@@ -749,6 +855,86 @@ TariffsOpt = Annotated[
 
 
 @app.command()
+def analyze(
+    lake: LakeOpt = None,
+    config: ConfigOpt = None,
+    date_from: Annotated[
+        str | None,
+        typer.Option("--from", help="First local day (YYYY-MM-DD); default: 35 days before --to."),
+    ] = None,
+    date_to: Annotated[
+        str | None,
+        typer.Option("--to", help="Last local day, included; default: the latest interval's."),
+    ] = None,
+    tariffs_dirs: TariffsOpt = None,
+) -> None:
+    """Daily curves and load statistics, typical profiles, anomaly scores and tier progress.
+
+    Appends one run to daily_usage, load_profiles, anomaly_scores and tier_progress; the
+    catalogue's daily_stats, anomalies and tier_progress_current views show the latest.
+    """
+    # scikit-learn takes seconds to import: only this command pays for it
+    from meterlake.analytics.analysis_job import default_range, run_analysis  # noqa: PLC0415
+
+    root = _lake(lake, config)
+    settings = _settings(config)
+    zone = settings.site.timezone
+    tariffs = _tariffs(config, tariffs_dirs)
+    first, last = _day(date_from, "--from"), _day(date_to, "--to")
+    if first is None or last is None:
+        try:
+            default_first, default_end = default_range(root, zone)
+        except LookupError as exc:
+            raise PermanentError(str(exc)) from None
+        last = last or default_end - dt.timedelta(days=1)
+        first = first or last - (default_end - default_first) + dt.timedelta(days=1)
+    if last < first:
+        raise PermanentError(f"--to {last} is before --from {first}")
+    now = dt.datetime.now(dt.UTC)
+    run_id = f"ana-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+    def classify(
+        intervals: pl.LazyFrame, meters: pl.DataFrame, start: dt.datetime, end: dt.datetime
+    ) -> pl.LazyFrame:
+        return with_tou_class(intervals, meters, tariffs, start, end)
+
+    with _progress() as progress:
+        progress.add_task(f"analysing {first}..{last}", total=None)
+        result = run_analysis(
+            root,
+            first,
+            last + dt.timedelta(days=1),
+            run_id=run_id,
+            now=now,
+            default_timezone=zone,
+            classify=classify,
+        )
+        progress_rows = run_tier_progress(root, tariffs, last, run_id=run_id, now=now)
+    _refresh(root)
+    daily, scores = result.daily, result.scores
+    flagged = scores.filter(pl.col("kinds").list.len() > 0)
+    portfolio = result.profiles.filter(pl.col("scope") == "portfolio")
+    out.print(
+        f"analysis {first}..{last} ({run_id}): {daily.height} meter-days of "
+        f"{daily['meter_id'].n_unique()} meters; {portfolio.height} typical profiles; "
+        f"{flagged.height} meter-days flagged; tier progress of {progress_rows.height} meters"
+    )
+    if flagged.height:
+        kinds = flagged.explode("kinds").group_by("kinds").len().sort("len", descending=True)
+        out.print("  flags: " + ", ".join(f"{k} {n}" for k, n in kinds.iter_rows()))
+        top = (
+            flagged.sort("score", descending=True)
+            .unique("meter_id", keep="first", maintain_order=True)
+            .head(5)
+        )
+        for row in top.iter_rows(named=True):
+            out.print(
+                f"  {row['meter_id']} {row['day']} score {row['score']:.2f}: "
+                + escape("; ".join(row["reasons"]))
+            )
+
+
+@app.command()
 def bill(
     lake: LakeOpt = None,
     config: ConfigOpt = None,
@@ -767,13 +953,31 @@ def bill(
     out_file: Annotated[
         Path | None, typer.Option("--out", "-o", help="With --load: write the JSON here.")
     ] = None,
+    release: Annotated[
+        str | None, typer.Option(help="Release the held bill with this id (after review).")
+    ] = None,
+    reviewer: Annotated[
+        str | None, typer.Option("--by", help="With --release: who reviewed it (default: $USER).")
+    ] = None,
+    note: Annotated[str | None, typer.Option(help="With --release: why it is released.")] = None,
 ) -> None:
     """Compute bills: every meter of the lake for a period, or one load profile under a tariff.
 
     Lake mode (--period) writes only bills that are new or changed: a second run on the same
     data writes nothing; after corrected intervals a changed bill gets a new version that names
-    the one it supersedes, with adjustment lines.
+    the one it supersedes, with adjustment lines. A bill that fails the pre-release checks (far
+    above the meter's history, mostly estimated, negative, an open critical alert) is held for
+    review; --release ID releases it.
     """
+    if release is not None:
+        root = _lake(lake, config)
+        who = reviewer or os.environ.get("USER") or "unknown"
+        if release_bill(root, release, reviewer=who, note=note, now=dt.datetime.now(dt.UTC)):
+            _refresh(root)
+            out.print(f"released bill {release} (by {who})")
+        else:
+            out.print(f"bill {release} is not held: nothing to release")
+        return
     if load is not None:
         if tariff is None:
             raise PermanentError("--load needs --tariff FILE-or-ID")
@@ -788,7 +992,14 @@ def bill(
     run_id = f"bill-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
     with _progress() as progress:
         progress.add_task(f"billing {period}", total=None)
-        result_run = run_billing(root, tariffs, period, run_id=run_id, now=dt.datetime.now(dt.UTC))
+        result_run = run_billing(
+            root,
+            tariffs,
+            period,
+            run_id=run_id,
+            now=dt.datetime.now(dt.UTC),
+            settings=_settings(config).bill,
+        )
     _refresh(root)
     written = result_run.bills
     new = written.filter(pl.col("version") == 1).height
@@ -803,6 +1014,12 @@ def bill(
         )
         totals = ", ".join(f"{c} {a}" for c, a in by_currency.iter_rows())
         out.print(f"  total of the bills written: {totals}")
+        held = written.filter(pl.col("status") == STATUS_HELD)
+        if held.height:
+            out.print(f"  {held.height} held for review (release: meterlake bill --release ID):")
+            for row in held.sort("meter_id").head(10).iter_rows(named=True):
+                why = escape("; ".join(row["hold_reasons"]))
+                out.print(f"    {row['bill_id']} {row['meter_id']}: {why}")
     if result_run.skipped.height:
         reasons = result_run.skipped.group_by("reason").len().sort("reason")
         for reason, count in reasons.iter_rows():

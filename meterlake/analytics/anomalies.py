@@ -6,9 +6,10 @@ baseline
     The meter's own like days (weekdays against weekdays, weekends against weekends): the
     median and MAD of its previous ``like_days`` like days. ``robust_z`` = (energy - median) /
     (1.4826 MAD), the scale floored at ``scale_floor`` of the median and ``min_scale_kwh``, so a
-    very regular meter is not flagged for a small wobble. Days with more than a tenth of their
-    intervals missing (the first and last of the data, a dead meter) take no part. ``surge``: z >= ``surge_z`` and at
+    very regular meter is not flagged for a small wobble. ``surge``: z >= ``surge_z`` and at
     least ``surge_ratio`` x the median; ``drop``: z <= -``drop_z`` and at most ``drop_ratio`` x.
+    Days with more than a tenth of their intervals missing (the first and last of the data, a
+    dead meter) take no part in baselines and are never a drop.
 tamper rules
     ``sustained_drop``: the median of the last ``recent_days`` days is below ``sustained_ratio``
     of the median of the ``reference_days`` before them, and so is the day (a bypass keeps the
@@ -56,6 +57,7 @@ class AnomalyRules:
     drop_ratio: float = 0.4
     recent_days: int = 5
     reference_days: int = 28
+    min_reference_days: int = 7
     sustained_ratio: float = 0.5
     zero_kwh: float = 0.01
     voltage_present_v: float = 100.0
@@ -102,8 +104,9 @@ def score_anomalies(
     ----------
     daily
         ``meter_id, day, interval_minutes, intervals, intervals_missing, energy_kwh,
-        export_kwh, mean_kw, peak_kw, load_factor, base_load_kw, curve_kw, actual_share``: the days to score *and* up to :data:`HISTORY_DAYS` before
-        them (the caller drops the history's rows from the result).
+        export_kwh, mean_kw, peak_kw, load_factor, base_load_kw, curve_kw, actual_share``:
+        the days to score *and* up to :data:`HISTORY_DAYS` before them (the caller drops the
+        history's rows from the result).
     meters
         ``meter_id, import_only, vacant`` (nulls: false).
     signals
@@ -156,7 +159,7 @@ def _baseline(frame: pl.DataFrame, rules: AnomalyRules) -> pl.DataFrame:
     )
     recent = whole_energy.rolling_median(rules.recent_days, min_samples=rules.recent_days)
     reference = whole_energy.shift(rules.recent_days).rolling_median(
-        rules.reference_days, min_samples=rules.reference_days // 2
+        rules.reference_days, min_samples=rules.min_reference_days
     )
     return frame.with_columns(
         robust_z=(energy - pl.col("baseline_kwh")) / scale,
@@ -234,7 +237,7 @@ def _combine(frame: pl.DataFrame, rules: AnomalyRules) -> pl.DataFrame:
             pl.format(
                 "used {} kWh, {}% of its usual {} kWh for a {}",
                 energy.round(1),
-                (energy / base * 100).round(0),
+                (energy / base * 100).round(0).cast(pl.Int64),
                 base.round(1),
                 day_kind,
             ),
@@ -245,7 +248,7 @@ def _combine(frame: pl.DataFrame, rules: AnomalyRules) -> pl.DataFrame:
             sustained,
             pl.format(
                 "use fell to {}% of its level before ({} kWh/day, from {}) and stayed there",
-                (ratio * 100).round(0),
+                (ratio * 100).round(0).cast(pl.Int64),
                 pl.col("recent_kwh").round(1),
                 pl.col("reference_kwh").round(1),
             ),
@@ -256,8 +259,8 @@ def _combine(frame: pl.DataFrame, rules: AnomalyRules) -> pl.DataFrame:
             zero,
             pl.format(
                 "no energy registered while the supply was on ({} V) and power read up to {} W",
-                pl.col("voltage_v").round(0),
-                pl.col("max_power_w").round(0),
+                pl.col("voltage_v").round(0).cast(pl.Int64),
+                pl.col("max_power_w").round(0).cast(pl.Int64),
             ),
             pl.lit(0.95),
         ),

@@ -57,14 +57,18 @@ def typical_profiles(daily: pl.DataFrame, rules: ProfileRules | None = None) -> 
         pl.DataFrame(schema={"meter_id": pl.String, "day": pl.Date, "profile": pl.Int16}),
         pl.DataFrame(schema={c: LOAD_PROFILES.schema[c] for c in _PROFILE_COLUMNS}),
     )
-    k_values = [k for k in rules.k_values if k < whole.height]
-    if not k_values:
+    if whole.is_empty():
         return empty
     width = whole["curve_kw"].list.len()[0]
     curves = whole["curve_kw"].list.to_array(width).to_numpy().astype(np.float32)
     shapes = curves / curves.mean(axis=1, keepdims=True)
     rng = np.random.default_rng(rules.seed)
     fit = shapes[rng.permutation(len(shapes))[: rules.fit_days]]
+    # k clusters need k distinct shapes (k-means warns, the silhouette fails otherwise)
+    distinct = len(np.unique(fit.round(4), axis=0))
+    k_values = [k for k in rules.k_values if k < len(fit) and k <= distinct]
+    if not k_values:
+        return empty
     best: tuple[float, KMeans] | None = None
     for k in k_values:
         model = KMeans(n_clusters=k, n_init=3, random_state=rules.seed).fit(fit)
@@ -109,7 +113,9 @@ def typical_profiles(daily: pl.DataFrame, rules: ProfileRules | None = None) -> 
 def _whole_days(daily: pl.DataFrame) -> pl.DataFrame:
     """The days whose curve has the usual length, no gap and some energy."""
     length = pl.col("curve_kw").list.len()
-    usual = daily.select(length.mode().first()).item() if daily.height else None
+    if daily.is_empty():
+        return daily
+    usual = daily.select(length.mode().first()).item()
     return daily.filter(
         (length == usual)
         & (pl.col("curve_kw").list.eval(pl.element().is_null().any()).list.first().not_())

@@ -86,8 +86,9 @@ def daily_usage(
     kw = imported * 60.0 / pl.col("interval_minutes")
     status = pl.col("status")
     valued = imported.is_not_null().sum()
+    classed = pl.col("tou_class").is_not_null().any() if has_class else pl.lit(value=False)
     split = [
-        pl.when(valued > 0)
+        pl.when((valued > 0) & classed)
         .then(imported.filter(pl.col("tou_class") == name).sum())
         .alias(f"energy_{name}_kwh")
         if has_class

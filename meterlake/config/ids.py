@@ -12,6 +12,7 @@ import datetime as dt
 import re
 from typing import Final
 
+import duckdb
 import polars as pl
 
 from meterlake.config.errors import UnsafeIdentifierError
@@ -75,3 +76,20 @@ def _is_real_date(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def stable_ids(frame: pl.DataFrame, columns: list[str], prefix: str) -> pl.Series:
+    """A stable id per row: ``prefix`` and the first 24 hex digits of the SHA-256 of the
+    columns joined by ``|`` (DuckDB's, so ids do not depend on the Polars version).
+
+    >>> stable_ids(pl.DataFrame({"a": ["m1"], "b": [1]}), ["a", "b"], "x-").str.len_chars()[0]
+    26
+    """
+    keys = frame.select(
+        pl.concat_str([pl.col(c).cast(pl.String) for c in columns], separator="|").alias("k")
+    )
+    with duckdb.connect() as con:
+        con.register("keys", keys.to_arrow())
+        table = con.sql("SELECT sha256(k) AS id FROM keys").to_arrow_table()
+    digests = pl.DataFrame(pl.from_arrow(table))["id"]
+    return prefix + digests.str.slice(0, 24)

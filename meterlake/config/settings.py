@@ -156,6 +156,16 @@ class BillSettings(_Section):
     tariffs_dir: Path | None = None
     """A directory of the installation's own tariff files (native ``.toml``, URDB ``.json``), in
     addition to the shipped catalogue."""
+    high_bill_ratio: Annotated[float, Field(gt=1.0)] = 2.0
+    """Hold a bill whose total is more than this many times the meter's reference: its bill of
+    the same month last year, else the mean of its last ``high_bill_recent`` bills."""
+    high_bill_recent: Annotated[int, Field(ge=1, le=24)] = 3
+    hold_estimated_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    """Hold a bill when more than this share of its energy is estimated."""
+    hold_alert_severities: tuple[Literal["info", "warning", "critical"], ...] = ("critical",)
+    """Hold the bill of a meter with an open alert of one of these severities ..."""
+    hold_alert_rules: tuple[str, ...] = ()
+    """... or of one of these alert rules (by name), whatever its severity."""
 
 
 _C = TypeVar("_C", bound=MqttConnection)

@@ -51,6 +51,38 @@ quantities.
 The three register faults go to meters without PV where there are such meters (their import
 register advances every interval). A fleet with fewer meters than kinds gets the first kinds
 only, in the order above.
+
+Anomalies (``anomaly_share``)
+-----------------------------
+Patterns a theft, tamper or usage analysis should find, drawn from a random stream of their own
+(``anomaly_share=0``, the default, leaves every other output as it was). A share of the meters
+gets one anomaly each, spread evenly over the kinds (at least one meter per kind; a fleet with
+fewer meters than kinds gets the first kinds only), on meters without fault and without PV
+where there are enough of them. :func:`simulate_anomalies` lists every one with its local
+days and its first and last affected ``ts``. They take whole *local* days: a start day ``d0``
+drawn from the second half of the period with at least ten normal days before it (from
+``D // 2`` to ``D - 3`` of ``D`` local days, so at least three anomalous days; a period of
+fewer than 13 local days gets ``d0`` at about its middle, ``max(D // 2, D - 3)``). The
+period's first and last local days may be partial (a ``start`` at UTC midnight is not local
+midnight).
+
+``surge``              the load x U(2.5, 4.0) for 1-3 consecutive days (a heater left on)
+``sustained_drop``     from ``d0`` on the meter *records* load x U(0.15, 0.4) (a bypass: theft):
+                       the register and ``power_w`` show the reduced load, voltage is normal
+``zero_with_voltage``  from ``d0`` on the import register stops (a stuck or tampered register)
+                       while ``power_w`` shows the real load and voltage is normal
+``reverse_energy``     on a meter without PV (import-only), from ``d0`` on the consumption is
+                       recorded on the export register (which it then reports), the import
+                       register stops and ``power_w`` is negative (reversed wiring)
+``flat_line``          from ``d0`` on the import register advances by the same whole
+                       hundredths of a kWh every interval (the meter's mean interval energy,
+                       at least 0.01 kWh) and ``power_w`` shows that constant power
+``vacant_use``         the meter is ``vacant`` in :func:`simulate_meter_records` yet consumes
+                       like any household all period
+
+So that ``vacant`` means something, 2 % of the other households (at least one; without fault
+and PV where possible) are vacant too and draw 3 % of their load (standby only): they are not
+anomalies and not in :func:`simulate_anomalies`.
 """
 
 from __future__ import annotations
@@ -87,6 +119,12 @@ _INTERVALS_PER_DAY_ALLOWED: Final = tuple(m for m in range(1, 61) if 60 % m == 0
 _US_PER_MINUTE: Final = 60_000_000
 _BUSINESS_SHARE: Final = 0.15
 _METERS_PER_FAULT: Final = 100
+_VACANT_SHARE: Final = 0.02
+"""Share of the households that stand vacant when anomalies are injected (not anomalies)."""
+_VACANT_LOAD: Final = 0.03
+"""A vacant home's load relative to the household it would be (standby only)."""
+_BASELINE_DAYS: Final = 10
+"""Normal local days an anomaly leaves before it, where the period allows."""
 
 
 class FaultKind(StrEnum):
@@ -102,6 +140,17 @@ class FaultKind(StrEnum):
     NAN = "nan"
 
 
+class AnomalyKind(StrEnum):
+    """The anomalies the simulator injects (see the module docstring)."""
+
+    SURGE = "surge"
+    SUSTAINED_DROP = "sustained_drop"
+    ZERO_WITH_VOLTAGE = "zero_with_voltage"
+    REVERSE_ENERGY = "reverse_energy"
+    FLAT_LINE = "flat_line"
+    VACANT_USE = "vacant_use"
+
+
 FAULTS_SCHEMA: Final = pl.Schema(
     {
         "meter_id": pl.String(),
@@ -109,6 +158,17 @@ FAULTS_SCHEMA: Final = pl.Schema(
         "quantity": pl.String(),
         "start": pl.Datetime("us", "UTC"),
         "end": pl.Datetime("us", "UTC"),
+    }
+)
+ANOMALIES_SCHEMA: Final = pl.Schema(
+    {
+        "meter_id": pl.String(),
+        "kind": pl.String(),
+        "first_day": pl.Date(),
+        "last_day": pl.Date(),
+        "start": pl.Datetime("us", "UTC"),
+        "end": pl.Datetime("us", "UTC"),
+        "factor": pl.Float64(),
     }
 )
 METERS_SCHEMA: Final = pl.Schema(
@@ -144,6 +204,9 @@ class FleetSpec:
         Share of meters with rooftop PV, between 0 and 1.
     faults
         Inject the faults listed in the module docstring.
+    anomaly_share
+        Share of meters with one of the anomalies listed in the module docstring, between 0
+        and 1 (0: none, and no vacant meters).
     """
 
     meters: int
@@ -154,6 +217,7 @@ class FleetSpec:
     seed: int = 0
     pv_share: float = 0.1
     faults: bool = True
+    anomaly_share: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -176,6 +240,8 @@ class FleetSpec:
             problems.append(f"seed={self.seed!r}: use a non-negative integer")
         if not 0.0 <= self.pv_share <= 1.0:
             problems.append(f"pv_share={self.pv_share!r}: use a share between 0 and 1")
+        if not 0.0 <= self.anomaly_share <= 1.0:
+            problems.append(f"anomaly_share={self.anomaly_share!r}: use a share between 0 and 1")
         if problems:
             raise ConfigError("FleetSpec: " + "; ".join(problems))
 
@@ -218,10 +284,11 @@ tiered and peak/valley residential tariffs, businesses take Hubei's two-part ind
 def simulate_meter_records(spec: FleetSpec, updated_at: dt.datetime) -> pl.DataFrame:
     """The simulated meters as master data in the ``meters`` contract: group = segment
     (``household`` / ``business``), PV meters bidirectional, others import-only, the gateway as
-    feeder, a catalogue tariff (:data:`SIMULATED_TARIFFS`) billed on calendar months; everything
-    else left to the defaults."""
+    feeder, a catalogue tariff (:data:`SIMULATED_TARIFFS`) billed on calendar months, ``vacant``
+    true for the vacant meters (with anomalies only: see the module docstring); everything else
+    left to the defaults."""
     meters = simulate_meters(spec)
-    return meters.select(
+    records = meters.select(
         pl.col(c) if c == "meter_id" else pl.lit(None, dtype).alias(c)
         for c, dtype in METERS.schema.items()
     ).with_columns(
@@ -239,6 +306,13 @@ def simulate_meter_records(spec: FleetSpec, updated_at: dt.datetime) -> pl.DataF
         pl.lit(1, dtype=pl.Int8).alias("billing_day"),
         pl.lit(updated_at).dt.convert_time_zone("UTC").alias("updated_at"),
     )
+    if spec.anomaly_share == 0.0:
+        return records
+    vacant = np.zeros(spec.meters, dtype=np.bool_)
+    anomalies = _anomaly_plan(spec)[2]
+    vacant[anomalies.vacant] = True
+    vacant[anomalies.of(AnomalyKind.VACANT_USE)[0]] = True
+    return records.with_columns(pl.when(pl.lit(pl.Series(vacant))).then(True).alias("vacant"))
 
 
 def simulate_readings(spec: FleetSpec) -> pl.DataFrame:
@@ -296,6 +370,41 @@ def simulate_faults(spec: FleetSpec) -> pl.DataFrame:
     return frame.sort("start", "meter_id")
 
 
+def simulate_anomalies(spec: FleetSpec) -> pl.DataFrame:
+    """Every injected anomaly (the ground truth): ``meter_id``, ``kind`` (an
+    :class:`AnomalyKind`), ``first_day`` and ``last_day`` (the local days it covers, inclusive),
+    ``start`` and ``end`` (first and last ``ts`` affected: the intervals that end at them lie in
+    those days) and ``factor`` (the load multiplier of ``surge`` and ``sustained_drop``, else
+    null).
+
+    Empty when ``spec.anomaly_share`` is 0. The low-load vacant meters are not anomalies and not
+    listed.
+
+    >>> spec = FleetSpec(
+    ...     meters=40, start=dt.datetime(2026, 1, 5, tzinfo=dt.UTC), days=30, anomaly_share=0.15
+    ... )
+    >>> truth = simulate_anomalies(spec)
+    >>> truth.height, truth["kind"].n_unique(), truth["meter_id"].n_unique()
+    (6, 6, 6)
+    """
+    fleet, cal, anomalies = _anomaly_plan(spec)
+    step_us = spec.interval_minutes * _US_PER_MINUTE
+    epoch_day = (cal.first_date - dt.date(1970, 1, 1)).days
+    frame = pl.DataFrame(
+        {
+            "meter_id": pl.Series(fleet.ids, dtype=pl.String).gather(anomalies.meter),
+            "kind": pl.Series(anomalies.kind, dtype=pl.String),
+            "first_day": pl.Series(epoch_day + anomalies.first_day, dtype=pl.Int32).cast(pl.Date),
+            "last_day": pl.Series(epoch_day + anomalies.last_day, dtype=pl.Int32).cast(pl.Date),
+            "start": pl.Series(_start_us(spec) + anomalies.first * step_us).cast(UTC_TS),
+            "end": pl.Series(_start_us(spec) + anomalies.last * step_us).cast(UTC_TS),
+            "factor": pl.Series(anomalies.factor, dtype=pl.Float64).fill_nan(None),
+        },
+        schema=ANOMALIES_SCHEMA,
+    )
+    return frame.sort("start", "meter_id")
+
+
 # --- the fleet -----------------------------------------------------------------------------------
 
 
@@ -344,8 +453,9 @@ def _draw_fleet(spec: FleetSpec) -> _Fleet:
 
 
 def _streams(spec: FleetSpec) -> list[np.random.SeedSequence]:
-    """Independent random streams: fleet, weather, load noise, delivery, faults."""
-    return np.random.SeedSequence(spec.seed).spawn(5)
+    """Independent random streams: fleet, weather, load noise, delivery, faults, anomalies
+    (the first five are the same however many are spawned)."""
+    return np.random.SeedSequence(spec.seed).spawn(6)
 
 
 # --- local time and weather ----------------------------------------------------------------------
@@ -360,6 +470,7 @@ class _Calendar:
     day_of_year: Floats
     day: Ints  # 0 for the first local day of the period
     dst_h: Floats
+    first_date: dt.date  # the first local day of the period
 
 
 def _calendar(spec: FleetSpec) -> _Calendar:
@@ -379,6 +490,7 @@ def _calendar(spec: FleetSpec) -> _Calendar:
         day_of_year=local["day_of_year"].to_numpy().astype(np.float64),
         day=local["day"].to_numpy().astype(np.int64),
         dst_h=local["dst_h"].to_numpy().astype(np.float64),
+        first_date=mid.dt.date()[0],
     )
 
 
@@ -543,6 +655,167 @@ def _plan_faults(spec: FleetSpec, fleet: _Fleet) -> _Plan:
     return _Plan([k.value for k in kinds], meter, first.astype(np.int64), last, quantity)
 
 
+# --- anomalies -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Anomalies:
+    """The anomalies: one row each (kind, meter index, first and last local day, first and last
+    interval index, load factor or NaN), and the low-load vacant meters (no anomaly)."""
+
+    kind: list[str]
+    meter: Ints
+    first_day: Ints
+    last_day: Ints
+    first: Ints
+    last: Ints
+    factor: Floats
+    vacant: Ints
+
+    def of(self, kind: AnomalyKind) -> tuple[Ints, Ints, Ints, Floats]:
+        rows = np.array([k == kind.value for k in self.kind], dtype=np.bool_)
+        return self.meter[rows], self.first[rows], self.last[rows], self.factor[rows]
+
+    def window(self, kind: AnomalyKind, intervals: int) -> tuple[Ints, Bools, Floats]:
+        """The meters of ``kind``, which of their intervals it affects, and their factors."""
+        meters, first, last, factor = self.of(kind)
+        cols = np.arange(intervals)[None, :]
+        return meters, (cols >= first[:, None]) & (cols <= last[:, None]), factor
+
+
+def _anomaly_plan(spec: FleetSpec) -> tuple[_Fleet, _Calendar, _Anomalies]:
+    """The anomalies without the readings (cheap: no load is simulated)."""
+    fleet = _draw_fleet(spec)
+    cal = _calendar(spec)
+    return fleet, cal, _plan_anomalies(spec, fleet, cal, _plan_faults(spec, fleet))
+
+
+def _plan_anomalies(spec: FleetSpec, fleet: _Fleet, cal: _Calendar, faults: _Plan) -> _Anomalies:
+    """Which meters get which anomaly on which local days, and which meters stand vacant."""
+    none = np.zeros(0, dtype=np.int64)
+    if spec.anomaly_share == 0.0:
+        return _Anomalies([], none, none, none, none, none, np.zeros(0), none)
+    rng = np.random.default_rng(_streams(spec)[5])
+    faulted = np.zeros(spec.meters, dtype=np.bool_)
+    faulted[faults.meter] = True
+    kinds, meter, vacant = _pick_anomaly_meters(spec, fleet, faulted, rng)
+    count = meter.size
+    days = int(cal.day[-1]) + 1
+    # At least ten normal days before, in the second half, at least three anomalous days.
+    lo = max(days // 2, min(_BASELINE_DAYS, days - 3))
+    d0 = rng.integers(lo, max(lo, days - 3) + 1, count)
+    surge_days = rng.integers(1, 4, count)
+    surge_factor = rng.uniform(2.5, 4.0, count)
+    drop_factor = rng.uniform(0.15, 0.4, count)
+    is_kind = {k: np.array([x == k for x in kinds], dtype=np.bool_) for k in AnomalyKind}
+    surge, drop = is_kind[AnomalyKind.SURGE], is_kind[AnomalyKind.SUSTAINED_DROP]
+    first_day = np.where(is_kind[AnomalyKind.VACANT_USE], 0, d0)
+    last_day = np.where(surge, np.minimum(d0 + surge_days - 1, days - 1), days - 1)
+    return _Anomalies(
+        kind=[k.value for k in kinds],
+        meter=meter,
+        first_day=first_day.astype(np.int64),
+        last_day=last_day.astype(np.int64),
+        first=np.searchsorted(cal.day, first_day, side="left").astype(np.int64),
+        last=(np.searchsorted(cal.day, last_day, side="right") - 1).astype(np.int64),
+        factor=np.where(surge, surge_factor, np.where(drop, drop_factor, np.nan)),
+        vacant=vacant,
+    )
+
+
+def _pick_anomaly_meters(
+    spec: FleetSpec, fleet: _Fleet, faulted: Bools, rng: np.random.Generator
+) -> tuple[list[AnomalyKind], Ints, Ints]:
+    """The kind and meter of each anomaly, and the low-load vacant meters.
+
+    Meters without fault, then without PV, are taken first (their patterns show plainly); a
+    reversed meter must be import-only; ``vacant_use`` prefers households. The constrained kinds
+    choose first; the loop runs over the kinds, not the meters.
+    """
+    m = spec.meters
+    every = list(AnomalyKind)
+    count = min(max(round(spec.anomaly_share * m), len(every)), m)
+    quota = {k: count // len(every) + (i < count % len(every)) for i, k in enumerate(every)}
+    rank = rng.permutation(m)
+    preference = 4 * faulted.astype(np.int64) + 2 * fleet.has_pv.astype(np.int64)
+    taken = np.zeros(m, dtype=np.bool_)
+
+    def take(eligible: Bools, key: Ints, wanted: int) -> Ints:
+        order = np.lexsort((rank, key))
+        chosen = order[eligible[order] & ~taken[order]][:wanted].astype(np.int64)
+        taken[chosen] = True
+        return chosen
+
+    first_choosers = (AnomalyKind.REVERSE_ENERGY, AnomalyKind.VACANT_USE)
+    kinds: list[AnomalyKind] = []
+    meters: list[Ints] = []
+    for kind in (*first_choosers, *(k for k in every if k not in first_choosers)):
+        eligible = ~fleet.has_pv if kind == AnomalyKind.REVERSE_ENERGY else np.ones(m, np.bool_)
+        key = preference + (kind == AnomalyKind.VACANT_USE) * fleet.business.astype(np.int64)
+        chosen = take(eligible, key, quota[kind])
+        kinds += [kind] * chosen.size
+        meters.append(chosen)
+    households = ~fleet.business
+    wanted = max(1, round(_VACANT_SHARE * int(households.sum())))
+    vacant = take(households, preference, wanted)
+    return kinds, np.concatenate(meters), np.sort(vacant)
+
+
+def _apply_load_anomalies(anomalies: _Anomalies, load_w: Floats) -> None:
+    """The real load [W] of the surging and the vacant meters, in place."""
+    meters, inside, factor = anomalies.window(AnomalyKind.SURGE, load_w.shape[1])
+    load_w[meters] *= np.where(inside, factor[:, None], 1.0)
+    load_w[anomalies.vacant] *= _VACANT_LOAD
+
+
+def _record_anomalies(anomalies: _Anomalies, import_kwh: Floats, export_kwh: Floats) -> None:
+    """The energy [kWh] per interval that the tampered meters' registers count, in place."""
+    n = import_kwh.shape[1]
+    meters, inside, factor = anomalies.window(AnomalyKind.SUSTAINED_DROP, n)
+    import_kwh[meters] *= np.where(inside, factor[:, None], 1.0)
+    meters, inside, _ = anomalies.window(AnomalyKind.ZERO_WITH_VOLTAGE, n)
+    import_kwh[meters] = np.where(inside, 0.0, import_kwh[meters])
+    meters, inside, _ = anomalies.window(AnomalyKind.REVERSE_ENERGY, n)
+    export_kwh[meters] += np.where(inside, import_kwh[meters], 0.0)
+    import_kwh[meters] = np.where(inside, 0.0, import_kwh[meters])
+    meters, inside, _ = anomalies.window(AnomalyKind.FLAT_LINE, n)
+    # Whole hundredths, so that the 0.01 kWh register moves by the same step every interval.
+    step = np.maximum(np.round(import_kwh[meters].mean(axis=1) * 100.0), 1.0) / 100.0
+    import_kwh[meters] = np.where(inside, step[:, None], import_kwh[meters])
+    export_kwh[meters] = np.where(inside, 0.0, export_kwh[meters])
+
+
+def _flat_registers(
+    anomalies: _Anomalies, imports: Floats, import_kwh: Floats, start_kwh: Floats
+) -> None:
+    """The flat-line meters' import registers [kWh] in exact hundredths, in place (a float sum
+    of 0.07 kWh steps could, rarely, floor to a 0.06 or 0.08 step)."""
+    meters, first, _, _ = anomalies.of(AnomalyKind.FLAT_LINE)
+    _, inside, _ = anomalies.window(AnomalyKind.FLAT_LINE, imports.shape[1])
+    step = np.round(import_kwh[meters, first] * 100.0)
+    opening = np.floor(start_kwh[meters] * 100.0) / 100.0
+    before = np.where(first > 0, imports[meters, first - 1], opening)
+    count = np.arange(imports.shape[1])[None, :] - first[:, None] + 1
+    flat = (np.round(before * 100.0)[:, None] + count * step[:, None]) / 100.0
+    imports[meters] = np.where(inside, flat, imports[meters])
+
+
+def _record_power(
+    anomalies: _Anomalies, power_w: Floats, import_kwh: Floats, export_kwh: Floats, hours: float
+) -> None:
+    """``power_w`` [W] (a (meters, intervals) view of the values) of the meters whose records
+    lie about the load, in place: a bypass and a flat line show the mean power of the energy
+    their registers count (``import_kwh`` and ``export_kwh`` [kWh] per interval of ``hours``
+    [h]), reversed wiring shows the real power with its sign turned."""
+    for kind in (AnomalyKind.SUSTAINED_DROP, AnomalyKind.FLAT_LINE, AnomalyKind.REVERSE_ENERGY):
+        meters, inside, _ = anomalies.window(kind, power_w.shape[1])
+        if kind == AnomalyKind.REVERSE_ENERGY:
+            recorded = -power_w[meters]
+        else:
+            recorded = np.round((import_kwh[meters] - export_kwh[meters]) * 1000.0 / hours, 1)
+        power_w[meters] = np.where(inside, recorded, power_w[meters])
+
+
 # --- registers -----------------------------------------------------------------------------------
 
 
@@ -594,19 +867,24 @@ class _Simulation:
     values: Floats  # (meters, intervals, quantities)
     reporting: Bools  # (meters, intervals)
     delay_us: Ints  # (meters, intervals)
+    anomalies: _Anomalies
 
 
 def _simulate(spec: FleetSpec) -> _Simulation:
     fleet = _draw_fleet(spec)
     cal = _calendar(spec)
+    plan = _plan_faults(spec, fleet)
+    anomalies = _plan_anomalies(spec, fleet, cal, plan)
     load = _load_w(spec, fleet, cal)
+    _apply_load_anomalies(anomalies, load)
     net_w = load - _pv_w(spec, fleet, cal)
     hours = spec.interval_minutes / 60.0
     import_kwh = np.maximum(net_w, 0.0) * hours / 1000.0
     export_kwh = np.maximum(-net_w, 0.0) * hours / 1000.0
-    plan = _plan_faults(spec, fleet)
+    _record_anomalies(anomalies, import_kwh, export_kwh)
     rng = np.random.default_rng(_streams(spec)[4].spawn(1)[0])
     imports, exports, wrap_at = _apply_register_faults(plan, import_kwh, export_kwh, fleet, rng)
+    _flat_registers(anomalies, imports, import_kwh, fleet.import_start_kwh)
     rollover = np.array([k == FaultKind.ROLLOVER for k in plan.kind], dtype=np.bool_)
     first, last = plan.first.copy(), plan.last.copy()
     first[rollover] = last[rollover] = wrap_at
@@ -631,6 +909,7 @@ def _simulate(spec: FleetSpec) -> _Simulation:
     values = np.stack(
         [exports, imports, np.round(net_w, 1), np.round(voltage, 1)], axis=-1, dtype=np.float64
     )
+    _record_power(anomalies, values[:, :, _POWER], import_kwh, export_kwh, hours)
     meters, at, _ = plan.of(FaultKind.NAN)
     nan_q = [
         QUANTITY_ORDER.index(str(q))
@@ -648,7 +927,7 @@ def _simulate(spec: FleetSpec) -> _Simulation:
     delivery = np.random.default_rng(_streams(spec)[3])
     delay_s = 1.0 + delivery.exponential(15.0, net_w.shape)
     delay_us = np.round(delay_s * 1e6).astype(np.int64)
-    return _Simulation(fleet, plan, values, reporting, delay_us)
+    return _Simulation(fleet, plan, values, reporting, delay_us, anomalies)
 
 
 def _readings_frame(spec: FleetSpec, sim: _Simulation) -> pl.DataFrame:
@@ -661,6 +940,9 @@ def _readings_frame(spec: FleetSpec, sim: _Simulation) -> pl.DataFrame:
     has_quantity = np.ones((m, q), dtype=np.bool_)
     has_quantity[:, _EXPORT] = fleet.has_pv
     present = sim.reporting.T[:, :, None] & has_quantity[None, :, :]
+    # A reversed meter reports its export register from the first reversed interval on.
+    meters, inside, _ = sim.anomalies.window(AnomalyKind.REVERSE_ENERGY, n)
+    present[:, meters, _EXPORT] = (inside & sim.reporting[meters]).T
     key = np.flatnonzero(present).astype(np.int64)
     delay = sim.delay_us.T.ravel()[key // q]
     value = values[key]

@@ -117,18 +117,17 @@ def scan_current_meters(root: Path) -> pl.LazyFrame:
 def latest_versions(intervals: pl.LazyFrame) -> pl.LazyFrame:
     """The highest version of each (meter, interval) -- what ``intervals_current`` shows.
 
-        Most intervals only ever have version 1, so the plan picks the latest of the few keys with
-        later versions (a small group-by) and takes every other key's version 1 as it is, instead of
-        grouping every row. It relies on the table's dedup key: a (meter, interval, version) is
-        stored once (writers append only new versions; compaction removes exact copies).
+    Most intervals only ever have version 1, so the plan picks the latest of the few keys with
+    later versions (a small group-by) and takes every other key's version 1 as it is, instead of
+    grouping every row. It relies on the table's dedup key: a (meter, interval, version) is
+    stored once (writers append only new versions; compaction removes exact copies).
 
-        >>> import datetime as dt
-    from collections.abc import Sequence
-        >>> t = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
-        >>> rows = pl.LazyFrame({"meter_id": ["m1", "m1", "m2"], "interval_start": [t, t, t],
-        ...                      "version": [1, 2, 1], "energy_import_kwh": [0.5, 0.6, 0.7]})
-        >>> latest_versions(rows).collect().sort("meter_id")["energy_import_kwh"].to_list()
-        [0.6, 0.7]
+    >>> import datetime as dt
+    >>> t = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+    >>> rows = pl.LazyFrame({"meter_id": ["m1", "m1", "m2"], "interval_start": [t, t, t],
+    ...                      "version": [1, 2, 1], "energy_import_kwh": [0.5, 0.6, 0.7]})
+    >>> latest_versions(rows).collect().sort("meter_id")["energy_import_kwh"].to_list()
+    [0.6, 0.7]
     """
     key = list(INTERVAL_KEY)
     later = (

@@ -27,15 +27,24 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Final
 
-import duckdb
 import polars as pl
 
-from meterlake.config.schemas import BILL_LINES, BILLS, empty_frame
+from meterlake.config.ids import stable_ids
+from meterlake.config.schemas import ALERTS, BILL_LINES, BILL_REVIEWS, BILLS, empty_frame
+from meterlake.config.settings import BillSettings
 from meterlake.storage.layout import list_partitions, partition_files
-from meterlake.storage.scan import scan_current_intervals, scan_current_meters, scan_files
+from meterlake.storage.scan import (
+    scan,
+    scan_current_intervals,
+    scan_current_meters,
+    scan_files,
+    scan_latest,
+)
 from meterlake.storage.writer import write_table
+from meterlake.tariffs.bill_checks import STATUS_HELD, STATUS_RELEASED, hold_reasons
 from meterlake.tariffs.engine import (
     BillFrames,
+    BillingError,
     bill_range,
     compute_bills,
     month_periods,
@@ -43,8 +52,6 @@ from meterlake.tariffs.engine import (
 )
 from meterlake.tariffs.model import Tariff
 
-STATUS_RELEASED: Final = "released"
-STATUS_HELD: Final = "held"
 _COMPARED_BILL: Final = (
     "tariff_id",
     "energy_import_kwh",
@@ -83,8 +90,11 @@ def run_billing(
     *,
     run_id: str,
     now: dt.datetime,
+    settings: BillSettings | None = None,
 ) -> BillRunResult:
-    """Bill every meter of the lake with a known tariff for ``period`` (``YYYY-MM``)."""
+    """Bill every meter of the lake with a known tariff for ``period`` (``YYYY-MM``); each bill
+    written is ``released`` or ``held`` by the checks of :mod:`~meterlake.tariffs.bill_checks`
+    (thresholds from ``settings``)."""
     (label,) = month_periods(period, period)
     meters = scan_current_meters(root).collect()
     known = pl.col("tariff_id").is_in(list(tariffs))
@@ -112,6 +122,7 @@ def run_billing(
     stored_bills, stored_lines = current_bills(root, label)
     changed = _changed(computed, stored_bills, stored_lines)
     bills, lines = _issue(computed, changed, stored_bills, stored_lines, billable, run_id, now)
+    bills = _checked(root, bills, settings or BillSettings())
     # lines first: a bill row is what makes its lines visible, so a crash in between leaves
     # orphan lines that the re-run writes again under the same ids (removed by dedup)
     write_table(root, BILL_LINES, lines)
@@ -124,6 +135,38 @@ def run_billing(
         bills,
         lines,
         skipped,
+    )
+
+
+def _checked(root: Path, bills: pl.DataFrame, settings: BillSettings) -> pl.DataFrame:
+    """``bills`` with ``status`` and ``hold_reasons`` from the pre-release checks."""
+    if bills.is_empty():
+        return bills
+    (label,) = bills["period"].unique().to_list()
+    year, month = (int(x) for x in label.split("-"))
+    earlier = [
+        f"{(year * 12 + month - 1 - k) // 12:04d}-{(year * 12 + month - 1 - k) % 12 + 1:02d}"
+        for k in (*range(1, settings.high_bill_recent + 1), 12)
+    ]
+    history = pl.concat(
+        [current_bills(root, p)[0].select("meter_id", "period", "total_amount") for p in earlier]
+    )
+    open_alerts = (
+        scan_latest(root, ALERTS, ["alert_id"], ["ts"])
+        .filter(pl.col("state") != "resolved")
+        .select("meter_id", "rule", "severity", "message")
+        .collect()
+    )
+    reasons = hold_reasons(bills, history, open_alerts, settings)
+    return (
+        bills.drop("status", "hold_reasons", strict=False)
+        .join(reasons, on="meter_id", how="left")
+        .with_columns(
+            status=pl.when(pl.col("hold_reasons").list.len() > 0)
+            .then(pl.lit(STATUS_HELD))
+            .otherwise(pl.lit(STATUS_RELEASED))
+        )
+        .select(list(BILLS.schema))
     )
 
 
@@ -259,14 +302,12 @@ def _issue(
             adjustment_amount=pl.when(pl.col("supersedes").is_null())
             .then(pl.lit(Decimal(0)))
             .otherwise(pl.col("total_amount") - pl.col("previous_total").cast(pl.Decimal(38, 4))),
-            status=pl.lit(STATUS_RELEASED),
-            hold_reasons=pl.lit([], dtype=pl.List(pl.String)),
             run_id=pl.lit(run_id),
             issued_at=pl.lit(now.astimezone(dt.UTC)),
         )
     )
     bills = bills.with_columns(
-        bill_id=_hashes(
+        bill_id=stable_ids(
             bills,
             ["meter_id", "period", "tariff_id", "tariff_version", "interval_version", "version"],
             "b-",
@@ -276,6 +317,9 @@ def _issue(
     adjustments = _adjustment_lines(charges, bills, stored_lines)
     lines = pl.concat([charges, adjustments], how="diagonal_relaxed").with_columns(
         line_id=pl.format("{}-{}", "bill_id", "line_no")
+    )
+    bills = bills.with_columns(
+        status=pl.lit(STATUS_RELEASED), hold_reasons=pl.lit([], dtype=pl.List(pl.String))
     )
     return bills.select(list(BILLS.schema)), lines.select(list(BILL_LINES.schema))
 
@@ -333,14 +377,43 @@ def _adjustment_lines(
     )
 
 
-def _hashes(frame: pl.DataFrame, columns: list[str], prefix: str) -> pl.Series:
-    """A stable id per row: the first 24 hex digits of the SHA-256 of the columns joined by
-    ``|`` (DuckDB's, so ids do not depend on the Polars version)."""
-    keys = frame.select(
-        pl.concat_str([pl.col(c).cast(pl.String) for c in columns], separator="|").alias("k")
+def release_bill(
+    root: Path, bill_id: str, *, reviewer: str, note: str | None, now: dt.datetime
+) -> bool:
+    """Release a held bill: append its ``bill_reviews`` row. False when it was released
+    already (nothing written).
+
+    Raises
+    ------
+    BillingError
+        No bill has that id, or a later version supersedes it (release that one).
+    """
+    found = scan(root, BILLS).filter(pl.col("bill_id") == bill_id).collect()
+    if found.is_empty():
+        raise BillingError(f"no bill {bill_id!r} in the lake")
+    bill = found.row(0, named=True)
+    current, _ = current_bills(root, bill["period"])
+    latest = current.filter(pl.col("meter_id") == bill["meter_id"])
+    if latest["bill_id"][0] != bill_id:
+        raise BillingError(
+            f"bill {bill_id} (version {bill['version']}) is superseded by "
+            f"{latest['bill_id'][0]} (version {latest['version'][0]}); review that one"
+        )
+    reviews = scan(root, BILL_REVIEWS).filter(
+        (pl.col("bill_id") == bill_id) & (pl.col("action") == STATUS_RELEASED)
     )
-    with duckdb.connect() as con:
-        con.register("keys", keys.to_arrow())
-        table = con.sql("SELECT sha256(k) AS id FROM keys").to_arrow_table()
-    digests = pl.DataFrame(pl.from_arrow(table))["id"]
-    return prefix + digests.str.slice(0, 24)
+    if bill["status"] != STATUS_HELD or reviews.select(pl.len()).collect().item():
+        return False
+    row = pl.DataFrame(
+        {
+            "bill_id": [bill_id],
+            "period": [bill["period"]],
+            "action": [STATUS_RELEASED],
+            "note": [note],
+            "reviewer": [reviewer],
+            "reviewed_at": [now.astimezone(dt.UTC)],
+        },
+        schema=BILL_REVIEWS.schema,
+    )
+    write_table(root, BILL_REVIEWS, row)
+    return True

@@ -27,7 +27,7 @@ import polars as pl
 from meterlake.config.schemas import DAILY_USAGE, TIER_PROGRESS
 from meterlake.storage.scan import latest_rows, scan_current_meters, scan_days
 from meterlake.storage.writer import write_table
-from meterlake.tariffs.engine import STEP_MINUTES, _local_steps, _window_start
+from meterlake.tariffs.engine import STEP_MINUTES, BillingError, _local_steps, _window_start
 from meterlake.tariffs.model import Tariff
 
 TOU_CLASS_ORDER: Final = ("peak", "flat", "valley", "critical")
@@ -69,8 +69,11 @@ def with_tou_class(
     classes the intervals (a join on ``meter_id`` first only when meters are on several
     tariffs).
     """
-    t0 = start.astimezone(dt.UTC)
-    n_steps = max(1, math.ceil((end - start) / dt.timedelta(minutes=STEP_MINUTES)))
+    # steps start on a 5-minute boundary, so an interval falls in the step it starts in
+    t0 = dt.datetime.fromtimestamp(
+        start.timestamp() // (STEP_MINUTES * 60) * STEP_MINUTES * 60, tz=dt.UTC
+    )
+    n_steps = max(1, math.ceil((end - t0) / dt.timedelta(minutes=STEP_MINUTES)))
     known = meters.filter(pl.col("tariff_id").is_in(list(tariffs))).select("meter_id", "tariff_id")
     used = sorted(known["tariff_id"].unique())
     if not used:
@@ -79,7 +82,7 @@ def with_tou_class(
     tables = [_step_classes(tariffs[tariff_id], t0, n_steps) for tariff_id in used]
     lookup = pl.concat(tables).cast(classes)
     step = (pl.col("interval_start") - pl.lit(t0)).dt.total_minutes() // STEP_MINUTES
-    inside = (step >= 0) & (step < n_steps)
+    inside = pl.col("interval_start").is_between(start, end, closed="left")
     if len(used) == 1:
         on_tariff = pl.col("meter_id").is_in(known["meter_id"].to_list())
         index = pl.when(inside & on_tariff).then(step)
@@ -128,6 +131,12 @@ def tier_windows(
         .fill_null("")
         .alias("tier_year_start"),
     ).filter(pl.col("tariff_id").is_in(list(tariffs)))
+    bad_day = params.filter(~pl.col("billing_day").is_between(1, 28))
+    if bad_day.height:
+        raise BillingError(
+            f"billing_day must be 1-28; meter {bad_day['meter_id'][0]} "
+            f"has {bad_day['billing_day'][0]}"
+        )
     keys = ["tariff_id", "billing_day", "tier_year_start"]
     rows = []
     # one window per combination of tariff, billing day and tier-year start, not per meter

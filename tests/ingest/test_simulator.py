@@ -1,10 +1,15 @@
-"""The fleet simulator: determinism, the readings contract, realistic shape, and its faults."""
+"""The fleet simulator: determinism, the readings contract, realistic shape, its faults and its
+anomalies."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import doctest
+import statistics
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import polars as pl
 import pytest
@@ -14,10 +19,13 @@ from meterlake.config.errors import ConfigError
 from meterlake.config.schemas import METERS, READINGS, Quality
 from meterlake.ingest import simulator
 from meterlake.ingest.simulator import (
+    ANOMALIES_SCHEMA,
     FAULTS_SCHEMA,
     REGISTER_WRAP_KWH,
+    AnomalyKind,
     FaultKind,
     FleetSpec,
+    simulate_anomalies,
     simulate_batches,
     simulate_faults,
     simulate_meter_records,
@@ -25,6 +33,7 @@ from meterlake.ingest.simulator import (
     simulate_readings,
 )
 from meterlake.storage.writer import conform
+from tests.cli_runner import run_cli
 
 UTC = dt.UTC
 # Monday 2 March 2026: a week with a weekend; 120 meters give each fault kind one meter.
@@ -395,3 +404,357 @@ def test_meter_records_are_master_data_of_the_same_fleet(meters: pl.DataFrame) -
     assert (records["import_only"] == ~records["pv"]).all()
     assert records["timezone"].is_null().all()  # the site's zone
     assert set(records["updated_at"]) == {now}
+
+
+# --- anomalies -----------------------------------------------------------------------------------
+
+# 30 days (31 local days in Shanghai) of 120 meters: two meters per anomaly kind.
+ANOMALY_SPEC = FleetSpec(
+    meters=120, start=dt.datetime(2026, 3, 2, tzinfo=UTC), days=30, seed=11, anomaly_share=0.1
+)
+CLEAN_SPEC = dataclasses.replace(ANOMALY_SPEC, anomaly_share=0.0)
+NOW = dt.datetime(2026, 11, 1, tzinfo=UTC)
+FIRST_LOCAL_DAY = dt.date(2026, 3, 2)  # 08:00 local at the start
+LAST_LOCAL_DAY = dt.date(2026, 4, 1)  # until 08:00 local
+
+
+@pytest.fixture(scope="module")
+def anomalies() -> pl.DataFrame:
+    return simulate_anomalies(ANOMALY_SPEC)
+
+
+@pytest.fixture(scope="module")
+def anomalous() -> pl.DataFrame:
+    return simulate_readings(ANOMALY_SPEC)
+
+
+@pytest.fixture(scope="module")
+def clean() -> pl.DataFrame:
+    """The same fleet without anomalies: what the anomalous meters would have read."""
+    return simulate_readings(CLEAN_SPEC)
+
+
+@pytest.fixture(scope="module")
+def records() -> pl.DataFrame:
+    return simulate_meter_records(ANOMALY_SPEC, NOW)
+
+
+def of_kind(anomalies: pl.DataFrame, kind: AnomalyKind) -> list[dict[str, Any]]:
+    rows = anomalies.filter(pl.col("kind") == kind).to_dicts()
+    assert rows, f"no {kind} anomaly"
+    return rows
+
+
+def quantity_of(readings: pl.DataFrame, meter_id: str, quantity: str) -> pl.DataFrame:
+    return readings.filter(pl.col("meter_id") == meter_id, pl.col("quantity") == quantity).sort(
+        "ts"
+    )
+
+
+def local_day(spec: FleetSpec) -> pl.Expr:
+    """The local day of the interval that ends at ``ts``."""
+    return (pl.col("ts") - spec.interval / 2).dt.convert_time_zone(spec.timezone).dt.date()
+
+
+def daily_import(readings: pl.DataFrame, meter_id: str) -> dict[dt.date, float]:
+    """Register advance [kWh] per local day (the first read of the period has no advance)."""
+    energy = quantity_of(readings, meter_id, ENERGY).with_columns(
+        step=pl.col("value").diff(), day=local_day(ANOMALY_SPEC)
+    )
+    per_day = energy.group_by("day").agg(pl.col("step").sum())
+    return dict(per_day.iter_rows())
+
+
+def last_ts(spec: FleetSpec) -> dt.datetime:
+    return spec.start + (spec.intervals - 1) * spec.interval
+
+
+def test_anomaly_ground_truth_is_deterministic(anomalies: pl.DataFrame) -> None:
+    assert anomalies.schema == ANOMALIES_SCHEMA
+    assert_frame_equal(simulate_anomalies(ANOMALY_SPEC), anomalies, check_exact=True)
+    other = simulate_anomalies(dataclasses.replace(ANOMALY_SPEC, seed=12))
+    assert not other.equals(anomalies)
+
+
+def test_anomalies_spread_over_the_kinds_on_meters_without_faults(
+    anomalies: pl.DataFrame, records: pl.DataFrame
+) -> None:
+    assert dict(anomalies["kind"].value_counts().iter_rows()) == dict.fromkeys(AnomalyKind, 2)
+    assert anomalies["meter_id"].is_unique().all()
+    faulted = set(simulate_faults(ANOMALY_SPEC)["meter_id"])
+    assert faulted
+    assert not faulted & set(anomalies["meter_id"])
+    reversed_ = anomalies.filter(pl.col("kind") == AnomalyKind.REVERSE_ENERGY)["meter_id"]
+    import_only = records.filter(pl.col("meter_id").is_in(reversed_.implode()))["import_only"]
+    assert import_only.to_list() == [True, True]
+    factor = anomalies.filter(pl.col("factor").is_not_null())
+    assert set(factor["kind"]) == {AnomalyKind.SURGE, AnomalyKind.SUSTAINED_DROP}
+    surge = factor.filter(pl.col("kind") == AnomalyKind.SURGE)["factor"]
+    drop = factor.filter(pl.col("kind") == AnomalyKind.SUSTAINED_DROP)["factor"]
+    assert surge.is_between(2.5, 4.0).all()
+    assert drop.is_between(0.15, 0.4).all()
+
+
+def test_anomalies_take_whole_local_days_after_a_baseline(anomalies: pl.DataFrame) -> None:
+    half = ANOMALY_SPEC.interval / 2
+    for row in anomalies.iter_rows(named=True):
+        local = [
+            (row[c] - half).astimezone(ZoneInfo(ANOMALY_SPEC.timezone)) for c in ("start", "end")
+        ]
+        before = (row["start"] - 3 * half).astimezone(ZoneInfo(ANOMALY_SPEC.timezone))
+        after = (row["end"] + half).astimezone(ZoneInfo(ANOMALY_SPEC.timezone))
+        assert [t.date() for t in local] == [row["first_day"], row["last_day"]]
+        assert row["start"] == ANOMALY_SPEC.start or before.date() < row["first_day"]
+        assert after.date() > row["last_day"] or row["end"] == last_ts(ANOMALY_SPEC)
+        if row["kind"] == AnomalyKind.VACANT_USE:
+            assert (row["first_day"], row["last_day"]) == (FIRST_LOCAL_DAY, LAST_LOCAL_DAY)
+            continue
+        # The second half of the period, at least ten normal days and three anomalous days.
+        assert row["first_day"] >= FIRST_LOCAL_DAY + dt.timedelta(days=15)
+        assert row["first_day"] <= LAST_LOCAL_DAY - dt.timedelta(days=2)
+        if row["kind"] == AnomalyKind.SURGE:
+            assert 1 <= (row["last_day"] - row["first_day"]).days + 1 <= 3
+        else:
+            assert row["last_day"] == LAST_LOCAL_DAY
+            assert row["end"] == last_ts(ANOMALY_SPEC)
+
+
+def test_readings_differ_only_where_the_anomalies_are(
+    anomalous: pl.DataFrame, clean: pl.DataFrame, anomalies: pl.DataFrame, records: pl.DataFrame
+) -> None:
+    """No other draw shifts: meters without anomaly, and every meter before its anomaly, read
+    exactly as without anomalies."""
+    touched = pl.col("meter_id").is_in(
+        pl.concat([anomalies["meter_id"], records.filter("vacant")["meter_id"]]).implode()
+    )
+    assert_frame_equal(anomalous.filter(~touched), clean.filter(~touched), check_exact=True)
+    starts = anomalies.select("meter_id", first_ts="start")
+    before = pl.col("ts") < pl.col("first_ts")
+    early = anomalous.join(starts, on="meter_id").filter(before).drop("first_ts")
+    assert early.height > 0
+    expected = clean.join(starts, on="meter_id").filter(before).drop("first_ts")
+    assert_frame_equal(early, expected, check_exact=True)
+
+
+def test_surge_multiplies_the_load_on_its_days(
+    anomalous: pl.DataFrame, clean: pl.DataFrame, anomalies: pl.DataFrame
+) -> None:
+    for row in of_kind(anomalies, AnomalyKind.SURGE):
+        days, normal = (
+            daily_import(anomalous, row["meter_id"]),
+            daily_import(clean, row["meter_id"]),
+        )
+        baseline = statistics.median(
+            v for d, v in days.items() if FIRST_LOCAL_DAY < d < row["first_day"]
+        )
+        surge_days = [d for d in days if row["first_day"] <= d <= row["last_day"]]
+        assert surge_days
+        for day in surge_days:
+            assert days[day] == pytest.approx(row["factor"] * normal[day], abs=0.1)
+            assert days[day] >= 2.5 * normal[day]
+            assert days[day] >= 1.8 * baseline
+        for day in days:
+            if day > row["last_day"]:
+                assert days[day] == pytest.approx(normal[day], abs=0.02)
+
+
+def test_sustained_drop_records_a_share_of_the_load(
+    anomalous: pl.DataFrame, clean: pl.DataFrame, anomalies: pl.DataFrame
+) -> None:
+    for row in of_kind(anomalies, AnomalyKind.SUSTAINED_DROP):
+        meter, after = row["meter_id"], pl.col("ts") >= row["start"]
+        days, normal = daily_import(anomalous, meter), daily_import(clean, meter)
+        for day in days:
+            if day >= row["first_day"]:
+                assert days[day] == pytest.approx(row["factor"] * normal[day], abs=0.02)
+        power = quantity_of(anomalous, meter, "power_w").filter(after)["value"]
+        real = quantity_of(clean, meter, "power_w").filter(after)["value"]
+        assert (power - real * row["factor"]).abs().max() <= 0.1 + 1e-9
+        # Still reporting as usual: every quantity, the voltage of the real load.
+        assert (
+            anomalous.filter(pl.col("meter_id") == meter).height
+            == clean.filter(pl.col("meter_id") == meter).height
+        )
+        volts = quantity_of(anomalous, meter, "voltage_v")
+        assert volts["value"].equals(quantity_of(clean, meter, "voltage_v")["value"])
+
+
+def test_zero_with_voltage_stops_the_register_only(
+    anomalous: pl.DataFrame, clean: pl.DataFrame, anomalies: pl.DataFrame
+) -> None:
+    for row in of_kind(anomalies, AnomalyKind.ZERO_WITH_VOLTAGE):
+        meter, after = row["meter_id"], pl.col("ts") >= row["start"]
+        energy = quantity_of(anomalous, meter, ENERGY)
+        last_good = energy.filter(pl.col("ts") == row["start"] - ANOMALY_SPEC.interval)["value"]
+        stuck = energy.filter(after)["value"]
+        assert stuck.len() > 96
+        assert (stuck == last_good.item()).all()
+        assert energy.filter(~after)["value"].diff().drop_nulls().sum() > 10.0
+        volts = quantity_of(anomalous, meter, "voltage_v").filter(after)["value"]
+        assert volts.is_between(205.0, 235.0).all()
+        power = quantity_of(anomalous, meter, "power_w").filter(after)["value"]
+        assert (power > 0).all()
+        assert power.equals(quantity_of(clean, meter, "power_w").filter(after)["value"])
+
+
+def test_reverse_energy_counts_consumption_as_export(
+    anomalous: pl.DataFrame, clean: pl.DataFrame, anomalies: pl.DataFrame
+) -> None:
+    pv = set(simulate_meters(ANOMALY_SPEC).filter("has_pv")["meter_id"])
+    for row in of_kind(anomalies, AnomalyKind.REVERSE_ENERGY):
+        meter, after = row["meter_id"], pl.col("ts") >= row["start"]
+        assert meter not in pv
+        export = quantity_of(anomalous, meter, "energy_export_kwh")
+        assert export["ts"].min() == row["start"]  # reported from the first reversed read on
+        assert export["ts"].max() == last_ts(ANOMALY_SPEC)
+        assert (export["value"].diff().drop_nulls() >= 0).all()
+        energy = quantity_of(anomalous, meter, ENERGY).filter(pl.col("ts") >= row["start"])
+        assert energy["value"].n_unique() == 1
+        used = quantity_of(clean, meter, ENERGY)
+        start_kwh = used.filter(pl.col("ts") == row["start"] - ANOMALY_SPEC.interval)["value"]
+        expected = used["value"].last() - start_kwh.item()
+        assert export["value"].last() == pytest.approx(expected, abs=0.02)
+        assert expected > 5.0
+        power = quantity_of(anomalous, meter, "power_w").filter(after)["value"]
+        assert (power < 0).all()
+        assert (-power).equals(quantity_of(clean, meter, "power_w").filter(after)["value"])
+
+
+def test_flat_line_advances_by_one_constant_step(
+    anomalous: pl.DataFrame, clean: pl.DataFrame, anomalies: pl.DataFrame
+) -> None:
+    for row in of_kind(anomalies, AnomalyKind.FLAT_LINE):
+        meter, after = row["meter_id"], pl.col("ts") >= row["start"]
+        steps = (
+            quantity_of(anomalous, meter, ENERGY)
+            .with_columns(hundredths=(pl.col("value").diff() * 100).round().cast(pl.Int64))
+            .filter(after)["hundredths"]
+        )
+        assert steps.n_unique() == 1
+        step = steps.first()
+        assert isinstance(step, int)
+        assert step >= 1
+        used = quantity_of(clean, meter, ENERGY)["value"].to_numpy()
+        mean_kwh = (used[-1] - used[0]) / (used.size - 1)
+        assert step / 100 == pytest.approx(mean_kwh, abs=0.006)
+        power = quantity_of(anomalous, meter, "power_w").filter(after)["value"]
+        assert power.unique().to_list() == [step / 100 * 1000 / 0.25]
+        earlier = quantity_of(anomalous, meter, ENERGY).filter(~after)["value"].diff()
+        assert earlier.drop_nulls().n_unique() > 3
+
+
+def test_vacant_meters_in_the_master_data(
+    anomalous: pl.DataFrame,
+    clean: pl.DataFrame,
+    anomalies: pl.DataFrame,
+    records: pl.DataFrame,
+) -> None:
+    vacant = set(records.filter("vacant")["meter_id"])
+    assert records["vacant"].drop_nulls().all()
+    in_use = {row["meter_id"] for row in of_kind(anomalies, AnomalyKind.VACANT_USE)}
+    assert in_use < vacant
+    for meter in in_use:  # consumes like a household, all period long
+        mine = pl.col("meter_id") == meter
+        assert_frame_equal(anomalous.filter(mine), clean.filter(mine), check_exact=True)
+        assert sum(daily_import(anomalous, meter).values()) > 30.0
+    idle = vacant - in_use  # 2 % of the households, standby only: not anomalies
+    meters = simulate_meters(ANOMALY_SPEC).filter(pl.col("meter_id").is_in(list(idle)))
+    households = int((simulate_meters(ANOMALY_SPEC)["segment"] == "household").sum())
+    assert len(idle) == max(1, round(0.02 * households))
+    assert set(meters["segment"]) == {"household"}
+    assert not meters["has_pv"].any()
+    assert not idle & set(simulate_faults(ANOMALY_SPEC)["meter_id"])
+    for meter in idle:
+        used = sum(daily_import(anomalous, meter).values())
+        normal = sum(daily_import(clean, meter).values())
+        assert used == pytest.approx(0.03 * normal, abs=0.02)
+
+
+def test_no_anomaly_share_changes_nothing(
+    readings: pl.DataFrame, faults: pl.DataFrame, meters: pl.DataFrame
+) -> None:
+    spec = dataclasses.replace(SPEC, anomaly_share=0.0)
+    assert spec == SPEC
+    assert_frame_equal(simulate_readings(spec), readings, check_exact=True)
+    assert_frame_equal(simulate_faults(spec), faults, check_exact=True)
+    assert_frame_equal(simulate_meters(spec), meters, check_exact=True)
+    assert simulate_meter_records(spec, NOW)["vacant"].is_null().all()
+    none = simulate_anomalies(spec)
+    assert none.is_empty()
+    assert none.schema == ANOMALIES_SCHEMA
+
+
+def test_anomalies_leave_faults_and_other_streams_alone() -> None:
+    assert_frame_equal(simulate_faults(ANOMALY_SPEC), simulate_faults(CLEAN_SPEC), check_exact=True)
+    assert_frame_equal(simulate_meters(ANOMALY_SPEC), simulate_meters(CLEAN_SPEC), check_exact=True)
+
+
+def test_short_period_puts_anomalies_in_its_middle() -> None:
+    spec = FleetSpec(
+        meters=60, start=dt.datetime(2026, 3, 2, tzinfo=UTC), days=3, anomaly_share=0.1
+    )
+    truth = simulate_anomalies(spec).filter(pl.col("kind") != AnomalyKind.VACANT_USE)
+    assert set(truth["kind"]) == set(AnomalyKind) - {AnomalyKind.VACANT_USE}
+    # Four local days (two partial): two normal days, then the anomaly.
+    assert set(truth["first_day"]) == {dt.date(2026, 3, 4)}
+    zero = truth.filter(pl.col("kind") == AnomalyKind.ZERO_WITH_VOLTAGE).row(0, named=True)
+    energy = quantity_of(simulate_readings(spec), zero["meter_id"], ENERGY)
+    assert energy.filter(pl.col("ts") >= zero["start"])["value"].n_unique() == 1
+    assert energy.filter(pl.col("ts") < zero["start"])["value"].n_unique() > 50
+
+
+def test_tiny_fleet_gets_the_first_anomaly_kinds() -> None:
+    spec = FleetSpec(meters=3, start=dt.datetime(2026, 1, 5, tzinfo=UTC), days=1, anomaly_share=0.5)
+    assert simulate_anomalies(spec)["kind"].sort().to_list() == sorted(
+        [AnomalyKind.SURGE, AnomalyKind.SUSTAINED_DROP, AnomalyKind.ZERO_WITH_VOLTAGE]
+    )
+    assert simulate_meter_records(spec, NOW)["vacant"].sum() == 0
+
+
+def test_no_reversed_wiring_without_import_only_meters() -> None:
+    spec = FleetSpec(
+        meters=30,
+        start=dt.datetime(2026, 1, 5, tzinfo=UTC),
+        days=2,
+        pv_share=1.0,
+        faults=False,
+        anomaly_share=0.5,
+    )
+    kinds = simulate_anomalies(spec)["kind"]
+    assert AnomalyKind.REVERSE_ENERGY not in kinds
+    assert set(kinds) == set(AnomalyKind) - {AnomalyKind.REVERSE_ENERGY}
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5])
+def test_bad_anomaly_share_is_refused(share: float) -> None:
+    with pytest.raises(ConfigError, match=r"anomaly_share=.*between 0 and 1"):
+        dataclasses.replace(SPEC, anomaly_share=share)
+
+
+def test_cli_simulate_injects_anomalies(tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    assert run_cli("init", root).returncode == 0
+    done = run_cli(
+        "simulate",
+        "--lake",
+        root,
+        "--meters",
+        "30",
+        "--days",
+        "2",
+        "--start",
+        "2026-10-01",
+        "--anomalies",
+        "0.2",
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("injected faults: ") for line in lines)
+    line = next(line for line in lines if line.startswith("injected anomalies: "))
+    counts = dict(
+        part.rsplit(" ", 1) for part in line.removeprefix("injected anomalies: ").split(", ")
+    )
+    assert counts == dict.fromkeys(AnomalyKind, "1")
+    plain = run_cli("simulate", "--lake", root, "--meters", "5", "--days", "1")
+    assert plain.returncode == 0, plain.stderr
+    assert "injected anomalies" not in plain.stdout
