@@ -2,7 +2,8 @@
 
 ``config`` imports nothing of ours; ``ingest`` and ``storage`` only ``config``; ``analytics`` and
 ``tariffs`` ``config`` and ``storage``; ``alerts`` may add ``analytics`` and ``tariffs``; ``api``
-and ``cli.py`` (with ``__main__.py``, its ``python -m`` twin) may import everything.
+and ``cli`` (the command and its job composition, with ``__main__.py``, its ``python -m``
+twin) may import everything.
 """
 
 from __future__ import annotations
