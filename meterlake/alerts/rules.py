@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import re
 import string
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from pydantic import (
 )
 
 from meterlake.config.collect import parse_duration
+from meterlake.config.datafile import read_document
 from meterlake.config.errors import ConfigError
 
 NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -379,12 +379,7 @@ def load_alert_rules(path: Path) -> AlertRules:
     AlertRulesError
         The file cannot be read, is not TOML, or has problems (all listed, with their place).
     """
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AlertRulesError(f"{path}: cannot read the alert rules: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise AlertRulesError(f"{path}: not valid TOML: {exc}") from None
+    data = read_document(path, "the alert rules", AlertRulesError)
     return parse_alert_rules(data, source=str(path))
 
 

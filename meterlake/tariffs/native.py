@@ -17,6 +17,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final, cast, get_args
 
+from meterlake.config.datafile import read_document
 from meterlake.config.errors import ConfigError
 from meterlake.config.timezones import is_timezone
 from meterlake.tariffs.model import (
@@ -71,12 +72,7 @@ class TariffError(ConfigError):
 
 def load_tariff(path: Path, *, calendars_dir: Path = CALENDARS_DIR) -> Tariff:
     """Read and check a native tariff file; its ``id`` must be the file name without ``.toml``."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TariffError(f"{path}: cannot read the tariff: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise TariffError(f"{path}: not valid TOML: {exc}") from exc
+    data = read_document(path, "the tariff", TariffError)
     return parse_tariff(data, source=str(path), expected_id=path.stem, calendars_dir=calendars_dir)
 
 

@@ -85,6 +85,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from meterlake.config.datafile import read_document
 from meterlake.config.timezones import is_timezone
 from meterlake.tariffs.model import (
     MINOR_UNITS,
@@ -172,12 +173,7 @@ def load_urdb(path: Path) -> Tariff:
         The file cannot be read, holds no rate or several, or the rate is inconsistent or uses
         what meterlake cannot bill (every problem listed with its place).
     """
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TariffError(f"{path}: cannot read the URDB rate: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise TariffError(f"{path}: not valid JSON: {exc}") from exc
+    document = read_document(path, "the URDB rate", TariffError)
     return parse_urdb(_one_rate(document, path), tariff_id=path.stem, source=str(path))
 
 

@@ -27,7 +27,7 @@ import polars as pl
 from meterlake.config.schemas import DAILY_USAGE, TIER_PROGRESS
 from meterlake.storage.scan import latest_rows, scan_current_meters, scan_days
 from meterlake.storage.writer import write_table
-from meterlake.tariffs.engine import STEP_MINUTES, BillingError, _local_steps, _window_start
+from meterlake.tariffs.engine import STEP_MINUTES, _local_steps, _meter_combos, _window_start
 from meterlake.tariffs.model import Tariff
 
 TOU_CLASS_ORDER: Final = ("peak", "flat", "valley", "critical")
@@ -119,25 +119,10 @@ def tier_windows(
     ``meters``: ``meter_id, tariff_id`` and optionally ``billing_day`` and ``tier_year_start``
     (``MM-DD``). Meters without a loaded tariff, or whose tariff has no tiers, are left out.
     """
-    params = meters.select(
-        "meter_id",
-        pl.col("tariff_id").cast(pl.String),
-        (pl.col("billing_day") if "billing_day" in meters.columns else pl.lit(None))
-        .cast(pl.Int64)
-        .fill_null(1)
-        .alias("billing_day"),
-        (pl.col("tier_year_start") if "tier_year_start" in meters.columns else pl.lit(None))
-        .cast(pl.String)
-        .fill_null("")
-        .alias("tier_year_start"),
-    ).filter(pl.col("tariff_id").is_in(list(tariffs)))
-    bad_day = params.filter(~pl.col("billing_day").is_between(1, 28))
-    if bad_day.height:
-        raise BillingError(
-            f"billing_day must be 1-28; meter {bad_day['meter_id'][0]} "
-            f"has {bad_day['billing_day'][0]}"
-        )
-    keys = ["tariff_id", "billing_day", "tier_year_start"]
+    # the bill engine's parsing and checks of billing day and tier-year start, per combo
+    loaded = meters.filter(pl.col("tariff_id").is_in(list(tariffs)))
+    params = _meter_combos(loaded, tariffs)
+    keys = ["tariff_id", "billing_day", "ty_month", "ty_day"]
     rows = []
     # one window per combination of tariff, billing day and tier-year start, not per meter
     for combo in params.select(keys).unique().iter_rows(named=True):
@@ -146,12 +131,10 @@ def tier_windows(
         bounds = sorted({b for per in version.energy.tiers_kwh.values() for b in per})
         if not bounds:
             continue
-        ty = combo["tier_year_start"]
-        ty_month, ty_day = (int(ty[:2]), int(ty[3:5])) if len(ty) == 5 else (0, 0)
         cycle_start = as_of.replace(day=combo["billing_day"])
         if as_of.day < combo["billing_day"]:
             cycle_start = _months_later(cycle_start, -1)
-        start = _window_start(version, as_of, cycle_start, ty_month, ty_day)
+        start = _window_start(version, as_of, cycle_start, combo["ty_month"], combo["ty_day"])
         reset = version.energy.tier_reset
         end = _months_later(start, 12 if reset == "annual" else 1)
         rows.append(
@@ -167,7 +150,8 @@ def tier_windows(
         {
             "tariff_id": pl.String(),
             "billing_day": pl.Int64(),
-            "tier_year_start": pl.String(),
+            "ty_month": pl.Int64(),
+            "ty_day": pl.Int64(),
             "tier_reset": pl.String(),
             "window_start": pl.Date(),
             "window_end": pl.Date(),

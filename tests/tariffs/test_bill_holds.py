@@ -125,6 +125,17 @@ def test_estimated_negative_and_alert_reasons_add_up() -> None:
 # --- on a lake ------------------------------------------------------------------------------
 
 
+def current_status(lake: Path, meter_id: str, period: str) -> list[tuple[str, str | None]]:
+    """``status, released_by`` of the meter's bill as the catalogue's ``bills_current`` shows it."""
+    refresh_catalog(lake)
+    with connect_catalog(lake) as con:
+        rows = con.execute(
+            "SELECT status, released_by FROM bills_current WHERE meter_id = ? AND period = ?",
+            [meter_id, period],
+        ).fetchall()
+    return [(str(status), by) for status, by in rows]
+
+
 @pytest.fixture
 def flat(tmp_path: Path) -> dict[str, Tariff]:
     return {"flat": write_tariff(tmp_path / "tariffs", "flat", FLAT)}
@@ -162,12 +173,7 @@ def test_a_bill_far_above_last_month_is_held_and_released_by_a_person(
     )
 
     bill_id = october.bills.filter(pl.col("meter_id") == "m-2")["bill_id"][0]
-    refresh_catalog(lake)
-    with connect_catalog(lake) as con:
-        shown = con.sql(
-            "SELECT status, released_by FROM bills_current"
-            " WHERE meter_id = 'm-2' AND period = '2026-10'"
-        ).fetchall()
+    shown = current_status(lake, "m-2", "2026-10")
     assert shown == [("held", None)]
 
     assert release_bill(lake, bill_id, reviewer="li.wei", note="heat pump", now=NOW)
@@ -179,12 +185,7 @@ def test_a_bill_far_above_last_month_is_held_and_released_by_a_person(
     # the bill itself is not rewritten; the catalogue shows it released
     stored = scan(lake, BILLS).filter(pl.col("bill_id") == bill_id).collect()
     assert stored["status"].to_list() == ["held"]
-    refresh_catalog(lake)
-    with connect_catalog(lake) as con:
-        shown = con.sql(
-            "SELECT status, released_by FROM bills_current"
-            " WHERE meter_id = 'm-2' AND period = '2026-10'"
-        ).fetchall()
+    shown = current_status(lake, "m-2", "2026-10")
     assert shown == [("released", "li.wei")]
 
 
