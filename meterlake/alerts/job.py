@@ -25,12 +25,12 @@ from typing import Final
 import polars as pl
 
 from meterlake.alerts.conditions import evaluate_rules
-from meterlake.alerts.lifecycle import alert_events, open_alerts, rule_policies
+from meterlake.alerts.lifecycle import alert_events, rule_policies
 from meterlake.alerts.rules import AlertRules
 from meterlake.alerts.sinks import SendOutcome, Sink, build_sinks, events_of
 from meterlake.config.ids import meter_id_is_safe
 from meterlake.config.schemas import ALERT_DELIVERIES, ALERTS
-from meterlake.storage.scan import scan
+from meterlake.storage.scan import open_alerts, scan
 from meterlake.storage.writer import write_table
 
 logger: Final = logging.getLogger("meterlake.alerts")

@@ -27,7 +27,6 @@ import polars as pl
 from meterlake.alerts.rules import AlertRule
 from meterlake.config.ids import stable_ids
 from meterlake.config.schemas import ALERTS, UTC_TS
-from meterlake.storage.scan import latest_rows
 
 RAISED: Final = "raised"
 RENOTIFIED: Final = "renotified"
@@ -51,17 +50,6 @@ def rule_policies(rules: Sequence[AlertRule]) -> pl.DataFrame:
         },
         schema=POLICY_SCHEMA,
     )
-
-
-def open_alerts(alerts: pl.LazyFrame) -> pl.LazyFrame:
-    """The alerts whose latest event is not ``resolved``: the ``alerts_open`` view in Polars.
-
-    One row per ``alert_id``: its latest event (by ``ts``, then state, so a ``resolved`` at the
-    same instant wins), whose ``ts`` is the alert's last notification, and ``raised_at``.
-    """
-    first = alerts.group_by("alert_id").agg(pl.col("ts").min().alias("raised_at"))
-    latest = latest_rows(alerts, ["alert_id"], ["ts", "state"])
-    return latest.filter(pl.col("state") != RESOLVED).join(first, on="alert_id")
 
 
 def alert_events(

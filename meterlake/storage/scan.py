@@ -149,3 +149,44 @@ def scan_current_intervals(
     intervals = scan(root, INTERVALS, start, end)
     later = intervals.filter(pl.col("version") > 1).select(INTERVAL_KEY).head(1).collect()
     return latest_versions(intervals) if later.height else intervals
+
+
+def current_bill_versions(bills: pl.LazyFrame, reviews: pl.LazyFrame) -> pl.LazyFrame:
+    """The highest version of each (meter, period)'s bill, released by reviews: ``bills_current``.
+
+    A bill issued ``held`` counts as ``released`` once ``reviews`` holds a ``released`` row for
+    it; ``released_by`` and ``released_at`` name the first such review.
+    """
+    released = (
+        reviews.filter(pl.col("action") == "released")
+        .sort("reviewed_at")
+        .group_by("bill_id", maintain_order=True)
+        .first()
+        .select("bill_id", released_by="reviewer", released_at="reviewed_at")
+    )
+    current = latest_rows(
+        bills.unique("bill_id", keep="first", maintain_order=True),
+        ["meter_id", "period"],
+        ["version", "issued_at"],
+    )
+    return current.join(released, on="bill_id", how="left").with_columns(
+        pl.when(pl.col("released_at").is_not_null())
+        .then(pl.lit("released"))
+        .otherwise(pl.col("status"))
+        .alias("status")
+    )
+
+
+def open_alerts(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Alerts whose latest event is not ``resolved``, with their first event's ``raised_at``:
+    ``alerts_open``.
+
+    >>> t = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+    >>> events = pl.LazyFrame({"alert_id": ["a", "a", "b"], "state": ["raised", "resolved",
+    ...     "raised"], "ts": [t, t + dt.timedelta(hours=1), t]})
+    >>> open_alerts(events).collect()["alert_id"].to_list()
+    ['b']
+    """
+    raised = events.group_by("alert_id").agg(pl.col("ts").min().alias("raised_at"))
+    latest = latest_rows(events, ["alert_id"], ["ts", "state"])
+    return latest.filter(pl.col("state") != "resolved").join(raised, on="alert_id")

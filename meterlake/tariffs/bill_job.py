@@ -34,11 +34,11 @@ from meterlake.config.schemas import ALERTS, BILL_LINES, BILL_REVIEWS, BILLS, em
 from meterlake.config.settings import BillSettings
 from meterlake.storage.layout import list_partitions, partition_files
 from meterlake.storage.scan import (
+    open_alerts,
     scan,
     scan_current_intervals,
     scan_current_meters,
     scan_files,
-    scan_latest,
 )
 from meterlake.storage.writer import write_table
 from meterlake.tariffs.bill_checks import STATUS_HELD, STATUS_RELEASED, hold_reasons
@@ -151,13 +151,10 @@ def _checked(root: Path, bills: pl.DataFrame, settings: BillSettings) -> pl.Data
     history = pl.concat(
         [current_bills(root, p)[0].select("meter_id", "period", "total_amount") for p in earlier]
     )
-    open_alerts = (
-        scan_latest(root, ALERTS, ["alert_id"], ["ts"])
-        .filter(pl.col("state") != "resolved")
-        .select("meter_id", "rule", "severity", "message")
-        .collect()
+    still_open = (
+        open_alerts(scan(root, ALERTS)).select("meter_id", "rule", "severity", "message").collect()
     )
-    reasons = hold_reasons(bills, history, open_alerts, settings)
+    reasons = hold_reasons(bills, history, still_open, settings)
     return (
         bills.drop("status", "hold_reasons", strict=False)
         .join(reasons, on="meter_id", how="left")

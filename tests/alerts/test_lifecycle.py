@@ -11,10 +11,10 @@ import pytest
 
 from meterlake.alerts.conditions import CONDITION_SCHEMA
 from meterlake.alerts.job import run_alerts
-from meterlake.alerts.lifecycle import alert_events, open_alerts, rule_policies
+from meterlake.alerts.lifecycle import alert_events, rule_policies
 from meterlake.config.schemas import ALERTS, METERS
 from meterlake.storage.catalog import connect_catalog, refresh_catalog
-from meterlake.storage.scan import scan
+from meterlake.storage.scan import open_alerts, scan
 from tests.alerts.helpers import (
     HOUR,
     MIN,
