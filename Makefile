@@ -27,8 +27,8 @@ demo: $(STAMP)
 	$(BIN)/meterlake quality --lake $(DEMO_LAKE) --max-rows 10
 	$(BIN)/meterlake sql --lake $(DEMO_LAKE) --file examples/demo_query.sql
 	$(BIN)/meterlake sql --lake $(DEMO_LAKE) --file examples/demo_analytics.sql
-	$(BIN)/meterlake report --lake $(DEMO_LAKE) --meter m-00002 --period 2026-10 --out $(DEMO_LAKE)/report-m-00002.html
-	@echo "customer usage report: $(DEMO_LAKE)/report-m-00002.html (open it in a browser)"
+	$(BIN)/meterlake report --lake $(DEMO_LAKE) --meter m-00006 --period 2026-10 --out $(DEMO_LAKE)/report-m-00006.html
+	@echo "customer usage report: $(DEMO_LAKE)/report-m-00006.html (open it in a browser)"
 
 test: lint typecheck unit bench-smoke
 
