@@ -2,9 +2,10 @@
 simulated fleet with injected anomalies.
 
 (a) curves + load statistics
-    :func:`~meterlake.analytics.usage.daily_usage` over the lake of ``test_bills`` (full: 20,000
-    meters x 30 local days x 96 quarter hours = 57.6M intervals; smoke: 40 x 3), collected: one
-    row per meter-day with the day's curve, demand figures, base load and VEE counts. The floor
+    :func:`~meterlake.analytics.analysis_job.daily_figures` (``daily_usage`` in shards of 5,000
+    meters, as the analysis run computes it) over the lake of ``test_bills`` (full: 20,000
+    meters x 30 local days x 96 quarter hours = 57.6M intervals; smoke: 40 x 3): one row per
+    meter-day with the day's curve, demand figures, base load and VEE counts. The floor
     is the faster of Polars and DuckDB summing ``energy_import_kwh`` per meter and UTC day over
     the same files. Each step runs in a fresh process (best of ``scale.repeats``; peak memory
     is that process's ``VmHWM``).
@@ -99,10 +100,12 @@ elif step == "duckdb":
                  f"FROM read_parquet({files!r}) GROUP BY ALL")
         return duckdb.sql(query).pl()
 elif step == "curves":
-    from meterlake.analytics.usage import daily_usage
+    from meterlake.analytics.analysis_job import daily_figures
     meters = pl.DataFrame({"meter_id": ["-"], "timezone": ["Asia/Shanghai"]})
+    # the UTC range the lake's intervals lie in, as the analysis run knows its range
+    span = (dt.datetime(2026, 9, 15, tzinfo=dt.UTC), dt.datetime(2026, 11, 2, tzinfo=dt.UTC))
     def run():
-        return daily_usage(pl.scan_parquet(files), meters).collect()
+        return daily_figures(pl.scan_parquet(files), meters, span=span)
 else:
     from meterlake.analytics.anomalies import score_anomalies
     daily = pl.read_parquet(root / "daily.parquet")

@@ -29,7 +29,7 @@ from meterlake.analytics.anomalies import (
     zero_day_candidates,
 )
 from meterlake.analytics.profiles import ProfileRules, typical_profiles
-from meterlake.analytics.usage import daily_usage
+from meterlake.analytics.usage import STAT_COLUMNS, daily_usage
 from meterlake.config.localtime import local_date
 from meterlake.config.schemas import (
     ANOMALY_SCORES,
@@ -75,6 +75,31 @@ def default_range(root: Path, default_timezone: str, days: int = 35) -> tuple[dt
     return end - dt.timedelta(days=days), end
 
 
+def daily_figures(
+    intervals: pl.LazyFrame,
+    meters: pl.DataFrame,
+    *,
+    default_timezone: str = "Asia/Shanghai",
+    shard_meters: int = 5_000,
+    prepare: Callable[[pl.LazyFrame], pl.LazyFrame] | None = None,
+    span: tuple[dt.datetime, dt.datetime] | None = None,
+) -> pl.DataFrame:
+    """:func:`~meterlake.analytics.usage.daily_usage` of ``intervals``, collected
+    ``shard_meters`` meters at a time: a meter's days need only its own intervals, so peak
+    memory grows with the shard, not the fleet (``prepare``, e.g. the tariff classifier, is
+    applied to each shard; ``span``: the UTC range the intervals lie in, see ``daily_usage``)."""
+    ids = intervals.select(pl.col("meter_id").unique().sort()).collect()["meter_id"]
+    parts = [pl.DataFrame(schema={c: DAILY_USAGE.schema[c] for c in STAT_COLUMNS})]
+    for offset in range(0, ids.len(), shard_meters):
+        wanted = ids.slice(offset, shard_meters).implode()
+        shard = intervals.filter(pl.col("meter_id").is_in(wanted))
+        if prepare is not None:
+            shard = prepare(shard)
+        usage = daily_usage(shard, meters, default_timezone=default_timezone, span=span)
+        parts.append(usage.collect())
+    return pl.concat(parts)
+
+
 def run_analysis(
     root: Path,
     first_day: dt.date,
@@ -86,21 +111,29 @@ def run_analysis(
     classify: Classifier | None = None,
     anomaly_rules: AnomalyRules | None = None,
     profile_rules: ProfileRules | None = None,
+    shard_meters: int = 5_000,
 ) -> AnalysisResult:
     """Analyse the local days ``first_day`` up to ``end_day`` (exclusive) and append the
-    results to the lake."""
+    results to the lake. The daily figures are computed ``shard_meters`` meters at a time
+    (peak memory grows with the shard, not the fleet); profiles and anomaly scores see all."""
     if end_day <= first_day:
         raise ValueError(f"empty range: {first_day} to {end_day}")
     meters = scan_current_meters(root).collect()
     start = dt.datetime.combine(first_day, dt.time(), tzinfo=dt.UTC) - _ZONE_SLACK
     end = dt.datetime.combine(end_day, dt.time(), tzinfo=dt.UTC) + _ZONE_SLACK
-    intervals = scan_current_intervals(root, start, end)
-    if classify is not None:
-        intervals = classify(intervals, meters, start, end)
     in_range = pl.col("day").is_between(first_day, end_day, closed="left")
-    daily = (
-        daily_usage(intervals, meters, default_timezone=default_timezone).filter(in_range).collect()
-    )
+
+    def prepare(shard: pl.LazyFrame) -> pl.LazyFrame:
+        return shard if classify is None else classify(shard, meters, start, end)
+
+    daily = daily_figures(
+        scan_current_intervals(root, start, end),
+        meters,
+        default_timezone=default_timezone,
+        shard_meters=shard_meters,
+        prepare=prepare,
+        span=(start, end),
+    ).filter(in_range)
     profiles = typical_profiles(daily, profile_rules)
     stamp = {"run_id": pl.lit(run_id), "computed_at": pl.lit(now.astimezone(dt.UTC))}
     daily = daily.join(profiles.assigned, on=["meter_id", "day"], how="left").with_columns(**stamp)

@@ -40,6 +40,7 @@ curve_kw
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Final
 
 import polars as pl
@@ -58,7 +59,11 @@ STAT_COLUMNS: Final = tuple(
 
 
 def daily_usage(
-    intervals: pl.LazyFrame, meters: pl.DataFrame, *, default_timezone: str = "Asia/Shanghai"
+    intervals: pl.LazyFrame,
+    meters: pl.DataFrame,
+    *,
+    default_timezone: str = "Asia/Shanghai",
+    span: tuple[dt.datetime, dt.datetime] | None = None,
 ) -> pl.LazyFrame:
     """One row per meter and local day: the figures of the module docstring.
 
@@ -70,6 +75,9 @@ def daily_usage(
     meters
         ``meter_id, timezone`` (null: ``default_timezone``); meters not listed are in
         ``default_timezone`` too.
+    span
+        The UTC instants the intervals lie in, if known: zones with one offset in it (no DST
+        change) then place intervals on their days without a conversion per row.
     """
     zones = meters.select(
         "meter_id", pl.col("timezone").cast(pl.String).fill_null(default_timezone)
@@ -97,7 +105,7 @@ def daily_usage(
     ]
     daily = (
         located.with_columns(
-            day=local_date(pl.col("interval_start"), pl.col("timezone"), names), kw=kw
+            day=local_date(pl.col("interval_start"), pl.col("timezone"), names, span), kw=kw
         )
         .group_by("meter_id", "day")
         .agg(

@@ -207,6 +207,15 @@ def test_the_energy_is_the_current_intervals_by_local_day(work_lake: Path) -> No
     assert edited["actual_share"].item() == 0.0
 
 
+def test_shards_of_meters_give_the_same_days_as_one_shard(work_lake: Path) -> None:
+    whole = run_analysis(work_lake, FIRST, END, run_id="one", now=NOW)
+    sharded = run_analysis(work_lake, FIRST, END, run_id="many", now=NOW, shard_meters=3)
+    key = ["meter_id", "day"]
+    columns = [c for c in whole.daily.columns if c not in ("run_id", "computed_at")]
+    assert whole.daily.height == sharded.daily.height
+    assert whole.daily.select(columns).sort(key).equals(sharded.daily.select(columns).sort(key))
+
+
 def test_the_split_by_tariff_period_with_the_catalogue_tariffs(
     work_lake: Path, tariffs: dict[str, Tariff]
 ) -> None:

@@ -8,7 +8,13 @@ import polars as pl
 import pytest
 
 from meterlake.config.errors import ConfigError
-from meterlake.config.localtime import check_timezone, local_date, local_midnight, local_time
+from meterlake.config.localtime import (
+    check_timezone,
+    fixed_offset,
+    local_date,
+    local_midnight,
+    local_time,
+)
 
 UTC = dt.UTC
 ZONES = ["Asia/Shanghai", "Europe/Berlin", "America/New_York"]
@@ -60,3 +66,23 @@ def test_unknown_zones_are_refused_by_name() -> None:
         check_timezone("Mars/Olympus")
     with pytest.raises(ConfigError, match="IANA"):
         local_date(pl.col("t"), pl.col("tz"), ["UTC", "Mars/Olympus"])
+
+
+@pytest.mark.parametrize("zone", ["Asia/Shanghai", "Europe/Berlin", "America/New_York", "UTC"])
+def test_local_date_with_a_span_equals_the_conversion_per_row(zone: str) -> None:
+    start = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    end = dt.datetime(2026, 4, 15, tzinfo=dt.UTC)
+    frame = pl.DataFrame(
+        {"t": pl.datetime_range(start, end, "15m", closed="left", time_zone="UTC", eager=True)}
+    ).with_columns(tz=pl.lit(zone))
+    plain = frame.select(local_date(pl.col("t"), pl.col("tz"), [zone]))
+    spanned = frame.select(local_date(pl.col("t"), pl.col("tz"), [zone], (start, end)))
+    assert plain.equals(spanned)
+
+
+def test_fixed_offset_sees_a_change_inside_the_span() -> None:
+    utc = dt.UTC
+    assert fixed_offset("Europe/Berlin", dt.datetime(2026, 4, 1, tzinfo=utc),
+                        dt.datetime(2026, 10, 1, tzinfo=utc)) == dt.timedelta(hours=2)  # fmt: skip
+    assert fixed_offset("Europe/Berlin", dt.datetime(2026, 10, 24, 12, tzinfo=utc),
+                        dt.datetime(2026, 10, 25, 12, tzinfo=utc)) is None  # fmt: skip
