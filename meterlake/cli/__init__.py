@@ -12,12 +12,10 @@ import datetime as dt
 import json
 import logging
 import os
-import secrets
 import signal
 import sys
 import threading
 import time
-import zoneinfo
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -33,14 +31,37 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from meterlake import __version__
-from meterlake.alerts.job import run_alerts
 from meterlake.alerts.rules import load_alert_rules
 from meterlake.analytics.quality import quality_figures
 from meterlake.analytics.report import Language as ReportLang
 from meterlake.analytics.report import write_report
-from meterlake.analytics.vee_job import run_vee
-from meterlake.config.errors import LakeBusyError, MeterlakeError, PermanentError, RetryableError
+from meterlake.api.serve import resolve_api_paths, serve
+from meterlake.cli.jobs import (
+    COMPACTION_COUNTS,
+    alerts_job,
+    alerts_summary,
+    analysis_days,
+    analyze_job,
+    bill_job,
+    bill_summary,
+    compact_job,
+    job_tariffs,
+    refresh,
+    vee_job,
+    vee_summary,
+)
+from meterlake.cli.jobs import utc_minute as _moment
+from meterlake.cli.schedule import (
+    JobRunner,
+    check_jobs,
+    job_work,
+    run_until_stopped,
+    schedule_rows,
+    scheduled,
+)
+from meterlake.config.errors import MeterlakeError, PermanentError, RetryableError
 from meterlake.config.ids import validate_meter_id
+from meterlake.config.schedule import JobName
 from meterlake.config.schemas import INTERVALS, METERS, QUARANTINE, READINGS, TABLES
 from meterlake.config.settings import DEFAULT_CONFIG_NAME, Settings, load_settings
 from meterlake.ingest.files import TABLE_OF, read_import_file, whole_file_quarantine
@@ -67,17 +88,15 @@ from meterlake.ingest.simulator import (
 )
 from meterlake.ingest.spool import Spool
 from meterlake.storage.catalog import connect_catalog, refresh_catalog
-from meterlake.storage.compaction import compact_lake
 from meterlake.storage.layout import init_lake, list_partitions, partition_files, require_lake
 from meterlake.storage.scan import latest_versions, scan
 from meterlake.storage.writer import write_table
 from meterlake.tariffs.bill_checks import STATUS_HELD
-from meterlake.tariffs.bill_job import release_bill, run_billing
+from meterlake.tariffs.bill_job import release_bill
 from meterlake.tariffs.describe import describe_tariff
 from meterlake.tariffs.model import Tariff
 from meterlake.tariffs.profile import bill_load_profile, read_load_profile
-from meterlake.tariffs.registry import load_tariff_file, load_tariffs
-from meterlake.tariffs.usage import run_tier_progress, with_tou_class
+from meterlake.tariffs.registry import load_tariff_file
 
 _T = TypeVar("_T")
 
@@ -115,6 +134,28 @@ compact_target_rows = 5000000  # rows per compacted file, at most
 
 [site]
 timezone = "Asia/Shanghai"   # IANA zone of local days and tariff calendars
+
+# The central jobs of `meterlake run`: per job `every` (an interval, aligned to the clock) or
+# `cron` (minute hour day month weekday in the site's time zone, weekdays by name: mon-fri).
+[schedule]
+retries = 2                  # a failed run is retried this often ...
+retry_delay = "5m"           # ... this long after it failed
+
+[schedule.compact]           # merge small files, remove duplicates
+every = "1h"
+
+[schedule.vee]               # incremental: only the days new readings reached
+every = "15m"
+
+[schedule.analyze]           # nightly: the latest 35 local days
+cron = "30 1 * * *"
+
+[schedule.bill]              # on the 2nd at 03:00: the bills of the month before
+cron = "0 3 2 * *"
+
+# [schedule.alerts]          # off until it has a rules file (docs/alerts.md)
+# every = "5m"
+# rules = "alerts.toml"      # relative to this file
 
 # A gateway (meterlake collect): Modbus buses, MQTT subscriptions, the spool.
 # [[modbus]]
@@ -194,10 +235,8 @@ def _tracked(items: Iterable[_T], description: str, total: int) -> Iterator[_T]:
 
 def _refresh(root: Path) -> None:
     """Refresh the catalogue after a write; the data has landed either way."""
-    try:
-        refresh_catalog(root)
-    except LakeBusyError as exc:
-        err.print(f"[yellow]warning:[/] catalogue not refreshed: {escape(str(exc))}")
+    if (why := refresh(root)) is not None:
+        err.print(f"[yellow]warning:[/] catalogue not refreshed: {escape(why)}")
 
 
 @app.command()
@@ -288,39 +327,23 @@ def compact(
     """Merge small files per partition, remove exact duplicates and flag conflicting ones."""
     root = _lake(lake, config)
     settings = _settings(config)
-    unknown = sorted(set(table or ()) - set(TABLES))
-    if unknown:
-        raise PermanentError(f"unknown table(s) {', '.join(unknown)}; tables: {', '.join(TABLES)}")
-    specs = [TABLES[name] for name in (table or TABLES)]
-    results = []
     with _progress() as progress:
         task = progress.add_task("compacting", total=None)
-        for total, result in compact_lake(
+        result = compact_job(
             root,
-            specs,
-            target_rows=settings.lake.compact_target_rows,
-            min_files=settings.lake.compact_min_files,
-        ):
-            progress.update(task, total=total, advance=1)
-            if result is not None:
-                results.append(result)
+            settings,
+            table,
+            on_partition=lambda total: progress.update(task, total=total, advance=1),
+        )
     _refresh(root)
-    if not results:
-        out.print("nothing to compact")
+    if not result.results:
+        out.print(result.summary())
         return
     summary = Table(
         "table", "partitions", "files in", "files out", "rows in", "rows out", "conflicts"
     )
-    for name in dict.fromkeys(r.table for r in results):
-        mine = [r for r in results if r.table == name]
-        summary.add_row(
-            name,
-            str(len(mine)),
-            *(
-                str(sum(getattr(r, f) for r in mine))
-                for f in ("files_in", "files_out", "rows_in", "rows_out", "conflicts")
-            ),
-        )
+    for name, partitions, sums in result.by_table():
+        summary.add_row(name, str(partitions), *(str(sums[f]) for f in COMPACTION_COUNTS))
     out.print(summary)
 
 
@@ -431,38 +454,19 @@ def vee(
     root = _lake(lake, config)
     settings = _settings(config)
     wanted = [validate_meter_id(m.strip()) for m in (meters or "").split(",") if m.strip()]
-    run_id = f"vee-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
     with _progress() as progress:
         task = progress.add_task("validating and estimating", total=None)
-        result = run_vee(
+        result = vee_job(
             root,
             settings,
-            run_id=run_id,
-            now=dt.datetime.now(dt.UTC),
+            dt.datetime.now(dt.UTC),
             first_day=_day(date_from, "--from"),
             last_day=_day(date_to, "--to"),
             meter_ids=wanted or None,
             on_shard=lambda done, total: progress.update(task, completed=done, total=total),
         )
     _refresh(root)
-    if result.start is None or result.end is None:
-        out.print("VEE: no new readings, nothing to do")
-        return
-    zone = zoneinfo.ZoneInfo(settings.site.timezone)
-    first, last = result.start.astimezone(zone), result.end.astimezone(zone)
-    span = f"{first:%Y-%m-%d %H:%M}..{last:%Y-%m-%d %H:%M} {settings.site.timezone}"
-    written = result.written
-    if written.height == 0:
-        out.print(
-            f"VEE {result.mode} {span} ({result.meters} meters): nothing changed, nothing written"
-        )
-        return
-    counts = written["status"].value_counts(sort=True)
-    summary = ", ".join(f"{n} {s}" for s, n in counts.iter_rows())
-    out.print(
-        f"VEE {result.mode} {span} ({run_id}): wrote {written.height} interval versions of "
-        f"{written['meter_id'].n_unique()} of {result.meters} meters ({summary})"
-    )
+    out.print(vee_summary(result, settings.site.timezone))
 
 
 def _day(text: str | None, option: str) -> dt.date | None:
@@ -514,12 +518,6 @@ def info(lake: LakeOpt = None, config: ConfigOpt = None) -> None:
             table.name, str(len(partitions)), str(len(files)), str(rows), meters, first, last
         )
     out.print(summary)
-
-
-def _moment(value: object) -> str:
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return str(value)
 
 
 @app.command()
@@ -741,6 +739,41 @@ def status(config: ConfigOpt = None) -> None:
             out.print(table)
 
 
+@app.command("serve")
+def serve_api(
+    lake: LakeOpt = None,
+    config: ConfigOpt = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0 or :: for every interface).")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to listen on (0: a free one).")
+    ] = 8080,
+) -> None:
+    """Serve the HTTP API: bills for a billing system to pull, usage for a customer app.
+
+    Bearer tokens come from [[api.tokens]] or $METERLAKE_API_TOKENS, TLS from [api] tls_cert
+    and tls_key. Runs until SIGTERM/SIGINT. The endpoints: docs/api.md, or /docs.
+    """
+    settings, path = load_settings(config)
+    settings = resolve_api_paths(settings, None if path is None else path.parent)
+    root = require_lake(lake if lake is not None else settings.lake.path)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not settings.api.tokens:
+        err.print(
+            "[yellow]warning:[/] no API tokens: every endpoint but /healthz answers 401; add "
+            "[[api.tokens]] to the config or set $METERLAKE_API_TOKENS"
+        )
+
+    def announce(url: str) -> None:
+        out.print(f"serving {escape(str(root))} on {url}", soft_wrap=True, highlight=False)
+        sys.stdout.flush()
+
+    serve(root, settings, host=host, port=port, announce=announce)
+
+
 class ReportLanguage(StrEnum):
     zh = "zh"
     en = "en"
@@ -808,13 +841,10 @@ def alerts(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    result = run_alerts(root, checked, moment, clock=lambda: dt.datetime.now(dt.UTC))
+    result = alerts_job(root, checked, moment, clock=lambda: dt.datetime.now(dt.UTC))
     _refresh(root)
     counts = result.counts()
-    out.print(
-        f"alerts as of {_moment(result.now)}: {result.conditions.height} conditions true; "
-        + ", ".join(f"{counts[s].sum()} {s}" for s in ("raised", "renotified", "resolved"))
-    )
+    out.print(alerts_summary(result))
     if counts.height:
         out.print(_render_table(counts, counts.height))
     for name, delivered in result.delivered.items():
@@ -825,9 +855,7 @@ def alerts(
 
 def _tariffs(config: Path | None, extra: list[Path] | None) -> dict[str, Tariff]:
     """The catalogue, the config's ``[bill] tariffs_dir`` and the ``--tariffs`` directories."""
-    settings = _settings(config)
-    dirs = [d for d in (settings.bill.tariffs_dir, *(extra or [])) if d is not None]
-    return load_tariffs(dirs)
+    return job_tariffs(_settings(config), extra or ())
 
 
 def _one_tariff(name: str, config: Path | None, extra: list[Path] | None) -> Tariff:
@@ -873,52 +901,18 @@ def analyze(
     Appends one run to daily_usage, load_profiles, anomaly_scores and tier_progress; the
     catalogue's daily_stats, anomalies and tier_progress_current views show the latest.
     """
-    # scikit-learn takes seconds to import: only this command pays for it
-    from meterlake.analytics.analysis_job import default_range, run_analysis  # noqa: PLC0415
-
     root = _lake(lake, config)
     settings = _settings(config)
-    zone = settings.site.timezone
     tariffs = _tariffs(config, tariffs_dirs)
-    first, last = _day(date_from, "--from"), _day(date_to, "--to")
-    if first is None or last is None:
-        try:
-            default_first, default_end = default_range(root, zone)
-        except LookupError as exc:
-            raise PermanentError(str(exc)) from None
-        last = last or default_end - dt.timedelta(days=1)
-        first = first or last - (default_end - default_first) + dt.timedelta(days=1)
-    if last < first:
-        raise PermanentError(f"--to {last} is before --from {first}")
-    now = dt.datetime.now(dt.UTC)
-    run_id = f"ana-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-
-    def classify(
-        intervals: pl.LazyFrame, meters: pl.DataFrame, start: dt.datetime, end: dt.datetime
-    ) -> pl.LazyFrame:
-        return with_tou_class(intervals, meters, tariffs, start, end)
-
+    first, last = analysis_days(
+        root, settings.site.timezone, _day(date_from, "--from"), _day(date_to, "--to")
+    )
     with _progress() as progress:
         progress.add_task(f"analysing {first}..{last}", total=None)
-        result = run_analysis(
-            root,
-            first,
-            last + dt.timedelta(days=1),
-            run_id=run_id,
-            now=now,
-            default_timezone=zone,
-            classify=classify,
-        )
-        progress_rows = run_tier_progress(root, tariffs, last, run_id=run_id, now=now)
+        result = analyze_job(root, settings, tariffs, dt.datetime.now(dt.UTC), first, last)
     _refresh(root)
-    daily, scores = result.daily, result.scores
-    flagged = scores.filter(pl.col("kinds").list.len() > 0)
-    portfolio = result.profiles.filter(pl.col("scope") == "portfolio")
-    out.print(
-        f"analysis {first}..{last} ({run_id}): {daily.height} meter-days of "
-        f"{daily['meter_id'].n_unique()} meters; {portfolio.height} typical profiles; "
-        f"{flagged.height} meter-days flagged; tier progress of {progress_rows.height} meters"
-    )
+    out.print(result.summary())
+    flagged = result.flagged
     if flagged.height:
         kinds = flagged.explode("kinds").group_by("kinds").len().sort("len", descending=True)
         out.print("  flags: " + ", ".join(f"{k} {n}" for k, n in kinds.iter_rows()))
@@ -989,25 +983,12 @@ def bill(
         raise PermanentError("give --period YYYY-MM (lake bills) or --load FILE --tariff T")
     root = _lake(lake, config)
     tariffs = _tariffs(config, tariffs_dirs)
-    run_id = f"bill-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
     with _progress() as progress:
         progress.add_task(f"billing {period}", total=None)
-        result_run = run_billing(
-            root,
-            tariffs,
-            period,
-            run_id=run_id,
-            now=dt.datetime.now(dt.UTC),
-            settings=_settings(config).bill,
-        )
+        result_run = bill_job(root, _settings(config), tariffs, period, dt.datetime.now(dt.UTC))
     _refresh(root)
     written = result_run.bills
-    new = written.filter(pl.col("version") == 1).height
-    out.print(
-        f"bills {result_run.period} ({run_id}): {result_run.billed} meters billed, "
-        f"{new} new, {written.height - new} corrected, {result_run.unchanged} unchanged; "
-        f"{result_run.lines.height} lines written"
-    )
+    out.print(bill_summary(result_run))
     if written.height:
         by_currency = (
             written.group_by("currency").agg(pl.col("total_amount").sum()).sort("currency")
@@ -1024,6 +1005,45 @@ def bill(
         reasons = result_run.skipped.group_by("reason").len().sort("reason")
         for reason, count in reasons.iter_rows():
             err.print(f"[yellow]skipped[/] {count} meters: {escape(reason)}")
+
+
+@app.command("run")
+def run_jobs(
+    config: ConfigOpt = None,
+    lake: LakeOpt = None,
+    once: Annotated[
+        JobName | None,
+        typer.Option("--once", help="Run this job now, once (no retries), and exit."),
+    ] = None,
+) -> None:
+    """Run the central jobs on the schedule of [schedule]: compaction, incremental VEE, alerts,
+    the nightly analysis and the month's bills.
+
+    The jobs run one at a time and a job never overlaps itself; a failed run is logged and
+    retried ([schedule] retries, retry_delay). Runs until SIGTERM/SIGINT: the running job
+    finishes, no other starts, exit 0.
+    """
+    settings = _settings(config)
+    root = _lake(lake, config)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    if once is not None:
+        runner = JobRunner({once: job_work(once, root, settings)})
+        out.print(escape(runner.run_once(once)), soft_wrap=True)
+        return
+    check_jobs(settings)
+    runner, scheduler = scheduled(root, settings)
+    table = Table("job", "when", "next run", title=f"meterlake run: {root}")
+    for row in schedule_rows(settings, dt.datetime.now(dt.UTC)):
+        table.add_row(*map(escape, row))
+    out.print(table)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    run_until_stopped(runner, scheduler, stop)
+    out.print("stopped: no job running")
 
 
 tariff_app = typer.Typer(help="Tariffs: check a file, list the catalogue.", no_args_is_help=True)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from meterlake.config.collect import ModbusBusSettings, check_modbus_buses
 from meterlake.config.errors import ConfigError
 from meterlake.config.payload_formats import PayloadFormatSettings
+from meterlake.config.schedule import ScheduleSettings
 from meterlake.config.timezones import is_timezone
 from meterlake.config.vee import VeeSettings
 
@@ -145,9 +146,28 @@ class ApiToken(_Section):
 
 
 class ApiSettings(_Section):
-    """The HTTP API (``meterlake serve``)."""
+    """The HTTP API (``meterlake serve``). Relative paths are relative to the config file."""
 
     tokens: tuple[ApiToken, ...] = ()
+    tls_cert: Path | None = None
+    """A PEM certificate (chain) turns TLS on; ``tls_key`` is its private key."""
+    tls_key: Path | None = None
+    cursor_key_file: Path | None = None
+    """A file of at least 32 random bytes that signs page cursors, so cursors (and the bytes
+    of a pull) stay the same across restarts; without it each start draws a new key."""
+    public_docs: bool = False
+    """Serve ``/docs`` and ``/openapi.json`` without a token (e.g. for a browser)."""
+    lake_poll_s: Annotated[float, Field(ge=0, le=3600)] = 1.0
+    """How long the server reuses its listing of the lake's files [s]: new bills, alerts and
+    meter records are served at most this long after they were written (0: look every time)."""
+    cache_periods: Annotated[int, Field(ge=1, le=1000)] = 12
+    """Billing periods whose bills and lines are kept in memory (the most recently used)."""
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both, or neither for HTTP")
+        return self
 
 
 class BillSettings(_Section):
@@ -185,6 +205,8 @@ class Settings(_Section):
     vee: VeeSettings = VeeSettings()
     """Validation rules of interval data (``[vee]``, per meter group ``[vee.groups.<name>]``)."""
     bill: BillSettings = BillSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    """The central jobs of ``meterlake run`` (``[schedule]``, per job ``[schedule.<job>]``)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -276,9 +298,14 @@ def _resolve_relative_paths(settings: Settings, base: Path) -> Settings:
             else resolve(settings.bill.tariffs_dir)
         }
     )
+    rules = settings.schedule.alerts.rules
+    alerts = settings.schedule.alerts.model_copy(
+        update={"rules": None if rules is None else resolve(rules)}
+    )
     return settings.model_copy(
         update={
             "bill": bill,
+            "schedule": settings.schedule.model_copy(update={"alerts": alerts}),
             "lake": lake,
             "mqtt": brokers,
             "spool": spool,
