@@ -55,6 +55,8 @@ from meterlake.config.schemas import (
 from meterlake.config.timezones import is_timezone
 from meterlake.storage.layout import list_partitions, partition_files
 from meterlake.storage.scan import (
+    alert_states,
+    bill_releases,
     latest_rows,
     latest_versions,
     scan,
@@ -210,13 +212,7 @@ def bill_versions(bills: pl.LazyFrame, reviews: pl.LazyFrame) -> pl.LazyFrame:
     [('b-1', 'released', 'b-2', None), ('b-2', 'released', None, 'li.wei')]
     """
     bills = bills.filter(pl.col("bill_id").is_first_distinct())  # copies are exact (dedup key)
-    released = (
-        reviews.filter(pl.col("action") == "released")
-        .sort("reviewed_at")
-        .group_by("bill_id", maintain_order=True)
-        .first()
-        .select("bill_id", released_by="reviewer", released_at="reviewed_at")
-    )
+    released = bill_releases(reviews)
     successors = (
         bills.filter(pl.col("supersedes").is_not_null())
         .sort("issued_at", "bill_id", nulls_last=False)
@@ -385,10 +381,8 @@ def alert_summaries(events: pl.LazyFrame) -> pl.LazyFrame:
     >>> alert_summaries(events).collect().select("alert_id", "state").rows()
     [('b', 'raised'), ('a', 'resolved')]
     """
-    raised = events.group_by("alert_id").agg(pl.col("ts").min().alias("raised_at"))
-    latest = latest_rows(events, ["alert_id"], ["ts", "state"])
     return (
-        latest.join(raised, on="alert_id")
+        alert_states(events)
         .rename({"ts": "updated_at"})
         .with_columns(pl.col("updated_at").dt.epoch("us").fill_null(_NULL_US).alias(SORT_KEY))
         .select(

@@ -157,13 +157,7 @@ def current_bill_versions(bills: pl.LazyFrame, reviews: pl.LazyFrame) -> pl.Lazy
     A bill issued ``held`` counts as ``released`` once ``reviews`` holds a ``released`` row for
     it; ``released_by`` and ``released_at`` name the first such review.
     """
-    released = (
-        reviews.filter(pl.col("action") == "released")
-        .sort("reviewed_at")
-        .group_by("bill_id", maintain_order=True)
-        .first()
-        .select("bill_id", released_by="reviewer", released_at="reviewed_at")
-    )
+    released = bill_releases(reviews)
     current = latest_rows(
         bills.unique("bill_id", keep="first", maintain_order=True),
         ["meter_id", "period"],
@@ -187,6 +181,22 @@ def open_alerts(events: pl.LazyFrame) -> pl.LazyFrame:
     >>> open_alerts(events).collect()["alert_id"].to_list()
     ['b']
     """
+    return alert_states(events).filter(pl.col("state") != "resolved")
+
+
+def alert_states(events: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per alert: its latest event (by ``ts``, then ``state``, so a ``resolved`` at the
+    same instant wins) and its first event's time as ``raised_at``."""
     raised = events.group_by("alert_id").agg(pl.col("ts").min().alias("raised_at"))
-    latest = latest_rows(events, ["alert_id"], ["ts", "state"])
-    return latest.filter(pl.col("state") != "resolved").join(raised, on="alert_id")
+    return latest_rows(events, ["alert_id"], ["ts", "state"]).join(raised, on="alert_id")
+
+
+def bill_releases(reviews: pl.LazyFrame) -> pl.LazyFrame:
+    """The first ``released`` review of each bill: ``bill_id, released_by, released_at``."""
+    return (
+        reviews.filter(pl.col("action") == "released")
+        .sort("reviewed_at")
+        .group_by("bill_id", maintain_order=True)
+        .first()
+        .select("bill_id", released_by="reviewer", released_at="reviewed_at")
+    )
