@@ -368,6 +368,19 @@ def usage_steps(
     )
 
 
+ALERT_COLUMNS: Final = (
+    "alert_id",
+    "rule",
+    "severity",
+    "meter_id",
+    "state",
+    "raised_at",
+    "updated_at",
+    "message",
+)
+"""The fields of an alert as the API lists it (its figures, ``values_json``, come apart)."""
+
+
 def alert_summaries(events: pl.LazyFrame) -> pl.LazyFrame:
     """One row per alert: its latest event (``state``, ``updated_at``, message, figures) and
     its first (``raised_at``), in listing order (``updated_at``, then ``alert_id``).
@@ -385,18 +398,7 @@ def alert_summaries(events: pl.LazyFrame) -> pl.LazyFrame:
         alert_states(events)
         .rename({"ts": "updated_at"})
         .with_columns(pl.col("updated_at").dt.epoch("us").fill_null(_NULL_US).alias(SORT_KEY))
-        .select(
-            "alert_id",
-            "rule",
-            "severity",
-            "meter_id",
-            "state",
-            "raised_at",
-            "updated_at",
-            "message",
-            "values_json",
-            SORT_KEY,
-        )
+        .select(*ALERT_COLUMNS, "values_json", SORT_KEY)
         .sort(SORT_KEY, "alert_id")
     )
 

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from meterlake.api.auth import Principal
 from meterlake.api.cursor import signed_page
 from meterlake.api.errors import ApiError
-from meterlake.api.lake import LakeReader, Meter, Resolution
+from meterlake.api.lake import ALERT_COLUMNS, LakeReader, Meter, Resolution
 from meterlake.api.models import AlertPage, Curve, TierProgress, Usage
 from meterlake.api.params import (
     DAY_PATTERN,
@@ -93,16 +93,6 @@ TIER_COLUMNS: Final = (
     "projected_crossing",
     "days_to_crossing",
     "computed_at",
-)
-ALERT_COLUMNS: Final = (
-    "alert_id",
-    "rule",
-    "severity",
-    "meter_id",
-    "state",
-    "raised_at",
-    "updated_at",
-    "message",
 )
 AlertState = Literal["open", "resolved", "all"]
 MeterIdParam = Annotated[

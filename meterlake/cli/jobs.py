@@ -30,8 +30,9 @@ from meterlake.storage.catalog import refresh_catalog
 from meterlake.storage.compaction import CompactionResult, compact_lake
 from meterlake.tariffs.bill_job import BillRunResult, run_billing
 from meterlake.tariffs.model import Tariff
+from meterlake.tariffs.progress_job import run_tier_progress
 from meterlake.tariffs.registry import load_tariffs
-from meterlake.tariffs.usage import run_tier_progress, with_tou_class
+from meterlake.tariffs.usage import with_tou_class
 
 if TYPE_CHECKING:
     from meterlake.analytics.analysis_job import AnalysisResult

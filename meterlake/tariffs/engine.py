@@ -1176,10 +1176,9 @@ def _chronological(
 
 def _dense(frame: pl.DataFrame, column: str, size: int, fill: float | int = -1) -> pl.Series:
     """``frame[column]`` placed at the positions ``frame["class"]`` of a Series of ``size``."""
-    values = [fill] * size
-    for index, value in frame.select("class", column).iter_rows():
-        values[index] = value
-    return pl.Series(column, values)
+    dtype = pl.Float64 if isinstance(fill, float) else pl.Int64
+    dense = pl.repeat(fill, size, dtype=dtype, eager=True).alias(column)
+    return dense.scatter(frame["class"], frame[column].cast(dtype))
 
 
 def _demand_lines(

@@ -19,14 +19,10 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Final
 
 import polars as pl
 
-from meterlake.config.schemas import DAILY_USAGE, TIER_PROGRESS
-from meterlake.storage.scan import latest_rows, scan_current_meters, scan_days
-from meterlake.storage.writer import write_table
 from meterlake.tariffs.engine import STEP_MINUTES, _local_steps, _meter_combos, _window_start
 from meterlake.tariffs.model import Tariff
 
@@ -246,30 +242,3 @@ def tier_progress(
         pl.when(crossing < pl.col("window_end")).then(crossing).alias("projected_crossing"),
         days_to.cast(pl.Int32).alias("days_to_crossing"),
     )
-
-
-def run_tier_progress(
-    root: Path, tariffs: Mapping[str, Tariff], as_of: dt.date, *, run_id: str, now: dt.datetime
-) -> pl.DataFrame:
-    """Tier progress of every tiered meter on local day ``as_of``, from the lake's daily
-    figures (``daily_stats``: an analysis run must have covered the tier window for the count
-    to be whole), appended to ``tier_progress``; returns the rows written."""
-    windows = tier_windows(scan_current_meters(root).collect(), tariffs, as_of)
-    if windows.height == 0:
-        return pl.DataFrame(schema=TIER_PROGRESS.schema)
-    first = windows["window_start"].min()
-    assert isinstance(first, dt.date)
-    daily = latest_rows(
-        scan_days(root, DAILY_USAGE, first, as_of + dt.timedelta(days=1)).select(
-            "meter_id", "day", "energy_kwh", "computed_at", "run_id"
-        ),
-        ["meter_id", "day"],
-        ["computed_at", "run_id"],
-    ).collect()
-    daily = daily.with_columns(pl.col("energy_kwh").fill_null(0.0))
-    rows = tier_progress(daily, windows, as_of).with_columns(
-        run_id=pl.lit(run_id), computed_at=pl.lit(now.astimezone(dt.UTC))
-    )
-    rows = rows.select(list(TIER_PROGRESS.schema))
-    write_table(root, TIER_PROGRESS, rows)
-    return rows

@@ -18,11 +18,11 @@ from meterlake.storage.catalog import connect_catalog, refresh_catalog
 from meterlake.storage.scan import latest_rows, scan
 from meterlake.storage.writer import write_table
 from meterlake.tariffs.model import Tariff
+from meterlake.tariffs.progress_job import run_tier_progress
 from meterlake.tariffs.registry import load_tariffs
 from meterlake.tariffs.usage import (
     RECENT_DAYS,
     TOU_CLASS_ORDER,
-    run_tier_progress,
     tier_progress,
     tier_windows,
     tou_class_of,
