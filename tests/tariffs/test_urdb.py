@@ -467,7 +467,8 @@ def test_what_does_not_change_a_bill_is_accepted() -> None:
         eiaid=12345,
         enddate=1600000000,
     )
-    parse(data)
+    # accepted, and billed exactly as the rate without those keys
+    assert parse(data).versions == parse(example_b()).versions
 
 
 # --- refusals: every problem with its place ------------------------------------------------------
