@@ -42,12 +42,39 @@ def files_in_range(
     root: Path, table: TableSpec, start: dt.datetime | None = None, end: dt.datetime | None = None
 ) -> list[Path]:
     """The data files of the partitions that can hold rows in ``[start, end)``."""
+    return [
+        path
+        for value in _partitions_in_range(root, table, start, end)
+        for path in partition_files(root, table, value)
+    ]
+
+
+def _partitions_in_range(
+    root: Path, table: TableSpec, start: dt.datetime | None, end: dt.datetime | None
+) -> list[str]:
     lo, hi = partition_bounds(table, start, end)
-    files: list[Path] = []
-    for value in list_partitions(root, table):
-        if (lo is None or value >= lo) and (hi is None or value <= hi):
-            files.extend(partition_files(root, table, value))
-    return files
+    return [
+        value
+        for value in list_partitions(root, table)
+        if (lo is None or value >= lo) and (hi is None or value <= hi)
+    ]
+
+
+def partition_span(table: TableSpec, value: str) -> tuple[dt.datetime, dt.datetime]:
+    """The UTC time ``[start, end)`` that a ``date`` or ``month`` partition holds rows of.
+
+    >>> from meterlake.config.schemas import INTERVALS
+    >>> [t.isoformat() for t in partition_span(INTERVALS, "2026-12")]
+    ['2026-12-01T00:00:00+00:00', '2027-01-01T00:00:00+00:00']
+    """
+    if table.partition == "date":
+        first = dt.datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=dt.UTC)
+        return first, first + dt.timedelta(days=1)
+    if table.partition == "month":
+        first = dt.datetime.strptime(value, "%Y-%m").replace(tzinfo=dt.UTC)
+        year, month = (first.year + 1, 1) if first.month == 12 else (first.year, first.month + 1)
+        return first, first.replace(year=year, month=month)
+    raise ValueError(f"{table.name} is partitioned by {table.partition}, not by time")
 
 
 def scan_files(files: list[Path], table: TableSpec) -> pl.LazyFrame:
@@ -62,18 +89,38 @@ def scan(
 ) -> pl.LazyFrame:
     """Rows of ``table`` whose time column lies in ``[start, end)``; open bounds when ``None``.
 
-    Only the partitions that can hold such rows are read; the rows are then filtered exactly.
-    Tables partitioned by billing ``period`` are not range-pruned (pass no bounds).
+    Only the partitions that can hold such rows are read. Rows are filtered exactly, but only
+    in the partitions at the ends of the range: a partition holds only rows of its own day or
+    month (the writer puts them there), so one wholly inside the range needs no test of every
+    row. Tables partitioned by billing ``period`` are not range-pruned (pass no bounds).
     """
     if table.partition == "period" and (start is not None or end is not None):
         raise ValueError(f"{table.name} is partitioned by period; scan it without a time range")
-    frame = scan_files(files_in_range(root, table, start, end), table)
     col = pl.col(table.time_column)
+    predicates = []
     if start is not None:
-        frame = frame.filter(col >= _utc(start))
+        predicates.append(col >= _utc(start))
     if end is not None:
-        frame = frame.filter(col < _utc(end))
-    return frame
+        predicates.append(col < _utc(end))
+    if not predicates:
+        return scan_files(files_in_range(root, table), table)
+    # runs of partitions in order: (files, whether their rows need the filter)
+    runs: list[tuple[list[Path], bool]] = []
+    for value in _partitions_in_range(root, table, start, end):
+        first, after = partition_span(table, value)
+        inside = (start is None or first >= _utc(start)) and (end is None or after <= _utc(end))
+        if runs and runs[-1][1] == (not inside):
+            runs[-1][0].extend(partition_files(root, table, value))
+        else:
+            runs.append((partition_files(root, table, value), not inside))
+    frames = [
+        scan_files(files, table).filter(*predicates) if filtered else scan_files(files, table)
+        for files, filtered in runs
+        if files
+    ]
+    if len(frames) == 1:
+        return frames[0]
+    return pl.concat(frames, how="vertical") if frames else scan_files([], table)
 
 
 def _utc(moment: dt.datetime) -> dt.datetime:

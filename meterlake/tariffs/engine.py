@@ -126,8 +126,17 @@ def compute_bills(
     meters = _meter_combos(meters, tariffs)
     classes, steps, segments, t0, n_steps = _class_tables(meters, tariffs, labels)
     used = [tariffs[i] for i in meters["tariff_id"].unique()]
-    needs_power = any(version.demand for tariff in used for version in tariff.versions)
-    aggregated = _aggregate(intervals, meters, steps, classes, t0, n_steps, needs_power=needs_power)
+    versions = [version for tariff in used for version in tariff.versions]
+    aggregated = _aggregate(
+        intervals,
+        meters,
+        steps,
+        classes,
+        t0,
+        n_steps,
+        needs_power=any(version.demand for version in versions),
+        export_priced=any(version.export.mode != "none" for version in versions),
+    )
     return _bills(
         aggregated,
         intervals,
@@ -463,21 +472,20 @@ def _combo_steps(
 def _with_class(
     intervals: pl.LazyFrame, meters: pl.DataFrame, steps: pl.Series, t0: dt.datetime, n_steps: int
 ) -> pl.LazyFrame:
-    """``intervals`` of the billed meters with their ``class`` (and ``meter_idx`` unless all
-    meters share one combo: then the join waits until after the group-by, on far fewer rows)."""
+    """``intervals`` of the billed meters with their ``class`` (``_NO_CLASS`` outside the bill
+    periods; and ``meter_idx`` unless all meters share one combo: then the join waits until
+    after the group-by, on far fewer rows)."""
     t1 = t0 + dt.timedelta(minutes=STEP_MINUTES * n_steps)
-    step = (pl.col("interval_start") - pl.lit(t0)).dt.total_minutes() // STEP_MINUTES
+    # integer arithmetic on the epoch: cheaper than a duration's total minutes on every row
+    origin = int(t0.timestamp()) * 1_000_000
+    step = (pl.col("interval_start").dt.epoch("us") - origin) // (STEP_MINUTES * 60_000_000)
     frame = intervals.filter(pl.col("interval_start").is_between(t0, t1, closed="left"))
     if meters["combo"].n_unique() == 1:
         base = int(meters["combo"][0]) * n_steps
-        return frame.with_columns(pl.lit(steps).gather(step + base).alias("class")).filter(
-            pl.col("class") != _NO_CLASS
-        )
-    return (
-        frame.join(meters.lazy().select("meter_id", "meter_idx", "combo"), on="meter_id")
-        .with_columns(pl.lit(steps).gather(pl.col("combo") * n_steps + step).alias("class"))
-        .filter(pl.col("class") != _NO_CLASS)
-    )
+        return frame.with_columns(pl.lit(steps).gather(step + base).alias("class"))
+    return frame.join(
+        meters.lazy().select("meter_id", "meter_idx", "combo"), on="meter_id"
+    ).with_columns(pl.lit(steps).gather(pl.col("combo") * n_steps + step).alias("class"))
 
 
 def _aggregate(
@@ -489,29 +497,28 @@ def _aggregate(
     n_steps: int,
     *,
     needs_power: bool,
+    export_priced: bool,
 ) -> pl.DataFrame:
     """Energy, power and quality per (meter, class): the only pass over every interval.
 
-    The group-by runs only plain sums, maxima and counts (its fast path). Quality counts come
-    from the few intervals that are not ``actual``, in a second plan whose filter on ``status``
-    Parquet statistics often answer without reading a value.
+    The group-by runs only plain sums, maxima and counts (its fast path); intervals outside the
+    bill periods form their own groups, dropped afterwards (cheaper than filtering every row).
+    Quality counts come from the few intervals that are not ``actual``, in a second plan whose
+    filter on ``status`` Parquet statistics often answer without reading a value. Export too,
+    unless a tariff prices it (then the meters are PV sites and export is everywhere): without
+    PV it is the rare interval with any (a meter running backwards), found the same way.
     """
     imported = pl.col("energy_import_kwh")
+    exported = pl.col("energy_export_kwh")
     estimated = pl.col("status") == "estimated"
-    # power only matters to demand charges: without any, the column is not even read
-    power = (imported * 60.0 / pl.col("interval_minutes")) if needs_power else pl.lit(0.0)
     classed = _with_class(intervals, meters, steps, t0, n_steps)
     key = "meter_idx" if "meter_idx" in classed.collect_schema().names() else "meter_id"
-    energy = (
-        classed.select(key, "class", imported, "energy_export_kwh", power.alias("kw"))
-        .group_by(key, "class")
-        .agg(
-            import_kwh=imported.sum(),
-            export_kwh=pl.col("energy_export_kwh").sum(),
-            max_kw=pl.col("kw").max(),
-            intervals=pl.len(),
-        )
-    )
+    sums = [imported.sum().alias("import_kwh"), pl.len().alias("intervals")]
+    if export_priced:
+        sums.append(exported.sum().alias("export_kwh"))
+    if needs_power:  # power only matters to demand charges: without any, it is not computed
+        sums.append((imported * 60.0 / pl.col("interval_minutes")).max().alias("max_kw"))
+    energy = classed.group_by(key, "class").agg(sums)
     # filtered before the class gather, so the filter reaches the Parquet scan
     unusual = intervals.filter(pl.col("status") != "actual")
     quality = (
@@ -526,10 +533,23 @@ def _aggregate(
         .group_by(key, "class")
         .agg(pl.col("estimated_kwh", "estimated", "missing").sum())
     )
-    energy_frame, quality_frame = pl.collect_all([energy, quality])
-    aggregated = energy_frame.join(quality_frame, on=[key, "class"], how="left").with_columns(
-        pl.col("estimated_kwh").fill_null(0.0), pl.col("estimated", "missing").fill_null(0)
+    plans = [energy, quality]
+    if not export_priced:  # a sum over the non-zero rows is the sum over all of them
+        plans.append(
+            _with_class(intervals.filter(exported != 0), meters, steps, t0, n_steps)
+            .group_by(key, "class")
+            .agg(exported.sum().alias("export_kwh"))
+        )
+    energy_frame, *sparse = pl.collect_all(plans)
+    aggregated = energy_frame.filter(pl.col("class") != _NO_CLASS)
+    for frame in sparse:
+        aggregated = aggregated.join(frame, on=[key, "class"], how="left")
+    aggregated = aggregated.with_columns(
+        pl.col("estimated_kwh", "export_kwh").fill_null(0.0),
+        pl.col("estimated", "missing").fill_null(0),
     )
+    if not needs_power:
+        aggregated = aggregated.with_columns(max_kw=pl.lit(0.0))
     if key == "meter_id":  # only the billed meters, by index
         aggregated = aggregated.join(meters.select("meter_id", "meter_idx"), on="meter_id").drop(
             "meter_id"
