@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import threading
 from typing import Final
 
 import duckdb
@@ -78,6 +79,18 @@ def _is_real_date(value: str) -> bool:
     return True
 
 
+_local = threading.local()
+
+
+def _hasher() -> duckdb.DuckDBPyConnection:
+    """This thread's in-memory DuckDB connection for hashing (opening one costs ~20 ms, more
+    than hashing a bill run's ids; connections are not shared between threads)."""
+    con: duckdb.DuckDBPyConnection | None = getattr(_local, "con", None)
+    if con is None:
+        con = _local.con = duckdb.connect()
+    return con
+
+
 def stable_ids(frame: pl.DataFrame, columns: list[str], prefix: str) -> pl.Series:
     """A stable id per row: ``prefix`` and the first 24 hex digits of the SHA-256 of the
     columns joined by ``|`` (DuckDB's, so ids do not depend on the Polars version).
@@ -88,8 +101,11 @@ def stable_ids(frame: pl.DataFrame, columns: list[str], prefix: str) -> pl.Serie
     keys = frame.select(
         pl.concat_str([pl.col(c).cast(pl.String) for c in columns], separator="|").alias("k")
     )
-    with duckdb.connect() as con:
-        con.register("keys", keys.to_arrow())
+    con = _hasher()
+    con.register("keys", keys.to_arrow())
+    try:
         table = con.sql("SELECT sha256(k) AS id FROM keys").to_arrow_table()
+    finally:
+        con.unregister("keys")
     digests = pl.DataFrame(pl.from_arrow(table))["id"]
     return prefix + digests.str.slice(0, 24)

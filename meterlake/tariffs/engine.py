@@ -591,6 +591,7 @@ def _tariff_tables(tariffs: Mapping[str, Tariff], used: Sequence[str]) -> dict[s
                             "rate": price,
                             "order": p_order * 10 + t,
                             "code": _energy_code(tou, t + 1, single_period, len(prices) > 1),
+                            "description": _energy_description(tou, t + 1, len(prices) > 1),
                             "split": energy.tier_split,
                         }
                     )
@@ -651,6 +652,7 @@ def _tariff_tables(tariffs: Mapping[str, Tariff], used: Sequence[str]) -> dict[s
                 "rate": rate,
                 "order": pl.Int32,
                 "code": pl.String,
+                "description": pl.String,
                 "split": pl.String,
             },
         ),
@@ -727,6 +729,13 @@ def _energy_code(tou: str, tier: int, single_period: bool, tiered: bool) -> str:
     return "_".join(parts)
 
 
+def _energy_description(tou: str, tier: int, tiered: bool) -> str:
+    """``energy peak, tier 2``: what an energy line says."""
+    return (
+        "energy" + (f" {tou}" if tou != ALL_PERIODS else "") + (f", tier {tier}" if tiered else "")
+    )
+
+
 def _bills(
     aggregated: pl.DataFrame,
     intervals: pl.LazyFrame,
@@ -781,7 +790,15 @@ def _bills(
     seg = segments.join(meters.select("meter_idx", "combo", "tariff_id"), on="combo")
     lines = [
         _energy_lines(
-            aggregated, intervals, meters, steps, t0, n_steps, tables["tiers"], prior_kwh
+            aggregated,
+            intervals,
+            meters,
+            classes,
+            steps,
+            t0,
+            n_steps,
+            tables["tiers"],
+            prior_kwh,
         ),
         _demand_lines(aggregated, seg, tables["demand"]),
         _fixed_lines(seg, tables["fixed"]),
@@ -952,6 +969,7 @@ def _energy_lines(
     aggregated: pl.DataFrame,
     intervals: pl.LazyFrame,
     meters: pl.DataFrame,
+    classes: pl.DataFrame,
     steps: pl.Series,
     t0: dt.datetime,
     n_steps: int,
@@ -1004,27 +1022,38 @@ def _energy_lines(
     )
     chronological = rated.filter(pl.col("split") == "chronological")
     crossing = chronological.group_by(group_keys).agg(pl.col("crossing").any()).filter("crossing")
-    pro_rata = rated.join(crossing.select(group_keys), on=group_keys, how="anti").with_columns(
-        quantity=share * block
-    )
-    parts = [pro_rata]
-    if crossing.height:
-        parts.append(
-            _chronological(
-                intervals, meters, steps, t0, n_steps, aggregated, groups, crossing, tiers
+    pro_rata = (
+        rated.join(crossing.select(group_keys), on=group_keys, how="anti")
+        if crossing.height
+        else rated
+    ).with_columns(quantity=share * block)
+    # a TOU period of a bill's version is one class unless it spans tier windows, local months
+    # or demand periods: then its tier quantities come in several rows, to be added up
+    one_class = not classes.select("combo", "period", "version", "tou").is_duplicated().any()
+    if crossing.height or not one_class:
+        parts = [pro_rata]
+        if crossing.height:
+            parts.append(
+                _chronological(
+                    intervals, meters, steps, t0, n_steps, aggregated, groups, crossing, tiers
+                )
             )
+        # a period's part of a tier may come from several windows or from both ways of splitting
+        lines = (
+            pl.concat(
+                [p.select(*group_keys, "tariff_id", "tou", "tier", "quantity") for p in parts]
+            )
+            .group_by("meter_idx", "period", "version", "tariff_id", "tou", "tier")
+            .agg(pl.col("quantity").sum())
+            .join(tiers.drop("lo", "hi", "split"), on=["tariff_id", "version", "tou", "tier"])
         )
-    lines = (
-        pl.concat([p.select(*group_keys, "tariff_id", "tou", "tier", "quantity") for p in parts])
-        .group_by("meter_idx", "period", "version", "tariff_id", "tou", "tier")
-        .agg(pl.col("quantity").sum())
-        .join(tiers.drop("lo", "hi", "split"), on=["tariff_id", "version", "tou", "tier"])
-        # a tier line with nothing in it is noise; a TOU period without any energy keeps its
-        # first tier's line (0 kWh), so every period of the tariff shows on the bill
-        .filter(
-            (pl.col("quantity") > _KWH_EPSILON)
-            | ((pl.col("tier") == 1) & (pl.col("quantity").max().over(_TOU_KEYS) <= _KWH_EPSILON))
-        )
+    else:  # each (bill, version, TOU period, tier) is one row of pro_rata already
+        lines = pro_rata
+    # a tier line with nothing in it is noise; a TOU period without any energy keeps its first
+    # tier's line (0 kWh), so every period of the tariff shows on the bill
+    lines = lines.filter(
+        (pl.col("quantity") > _KWH_EPSILON)
+        | ((pl.col("tier") == 1) & (pl.col("quantity").max().over(_TOU_KEYS) <= _KWH_EPSILON))
     )
     return lines.select(
         "meter_idx",
@@ -1032,13 +1061,7 @@ def _energy_lines(
         "version",
         (pl.lit(_ORDER_ENERGY) + pl.col("order")).alias("order"),
         "code",
-        pl.format(
-            "energy{}{}",
-            pl.when(pl.col("tou") != "all").then(pl.format(" {}", "tou")).otherwise(pl.lit("")),
-            pl.when(pl.col("code").str.contains("tier"))
-            .then(pl.format(", tier {}", "tier"))
-            .otherwise(pl.lit("")),
-        ).alias("description"),
+        "description",
         "quantity",
         pl.lit("kWh").alias("unit"),
         "rate",
@@ -1365,22 +1388,32 @@ def _rounded(lines: pl.DataFrame, bills: pl.DataFrame) -> pl.DataFrame:
     """``amount = quantity x rate`` rounded to the currency's minor unit (the tariff's mode)."""
     if lines.is_empty():
         return lines.with_columns(amount=pl.lit(None, dtype=_MONEY))
-    money = bills.select("meter_idx", "period", "decimals", "rounding")
     frame = lines.with_columns(
         pl.col("quantity").round(QUANTITY_DECIMALS), pl.col("rate").cast(_DECIMAL)
-    ).join(money, on=["meter_idx", "period"])
+    )
     product = pl.col("quantity").cast(pl.Decimal(38, QUANTITY_DECIMALS)) * pl.col("rate")
+    rules = bills.select("decimals", "rounding").unique()
+    if rules.height == 1:  # one currency rule for all (the usual run): no join needed
+        (decimals, rounding) = rules.row(0)
+        return frame.with_columns(amount=_round_money(product, decimals, rounding))
+    frame = frame.join(
+        bills.select("meter_idx", "period", "decimals", "rounding"), on=["meter_idx", "period"]
+    )
     amount: pl.Expr = pl.lit(None, dtype=_MONEY)
-    for decimals, rounding in frame.select("decimals", "rounding").unique().iter_rows():
-        mode: Literal["half_away_from_zero", "half_to_even"] = (
-            "half_away_from_zero" if rounding == "half_up" else "half_to_even"
-        )
+    for decimals, rounding in rules.iter_rows():
         amount = (
             pl.when((pl.col("decimals") == decimals) & (pl.col("rounding") == rounding))
-            .then(product.round(decimals, mode=mode).cast(_MONEY))
+            .then(_round_money(product, decimals, rounding))
             .otherwise(amount)
         )
     return frame.with_columns(amount=amount).drop("decimals", "rounding")
+
+
+def _round_money(product: pl.Expr, decimals: int, rounding: str) -> pl.Expr:
+    mode: Literal["half_away_from_zero", "half_to_even"] = (
+        "half_away_from_zero" if rounding == "half_up" else "half_to_even"
+    )
+    return product.round(decimals, mode=mode).cast(_MONEY)
 
 
 def _minimum_lines(
@@ -1448,6 +1481,19 @@ def _tax_lines(priced: pl.DataFrame, taxes: pl.DataFrame, bills: pl.DataFrame) -
     )
 
 
+def _numbers_in_runs(key: list[str]) -> pl.Expr:
+    """1, 2, ... within each run of equal ``key`` of a sorted frame (a forward fill of each
+    run's first row number: far cheaper than a window function over the key).
+
+    >>> frame = pl.DataFrame({"k": [1, 1, 2, 2, 2, 3]})
+    >>> frame.select(_numbers_in_runs(["k"]))["line_no"].to_list()
+    [1, 2, 1, 2, 3, 1]
+    """
+    row = pl.int_range(pl.len(), dtype=pl.Int32)
+    starts = pl.any_horizontal(pl.col(c).ne_missing(pl.col(c).shift(1)) for c in key)
+    return (row - pl.when(starts).then(row).forward_fill() + 1).alias("line_no")
+
+
 def _finish(priced: pl.DataFrame, bills: pl.DataFrame) -> BillFrames:
     key = ["meter_idx", "period"]
     lines = (
@@ -1458,7 +1504,7 @@ def _finish(priced: pl.DataFrame, bills: pl.DataFrame) -> BillFrames:
             .alias("kind")
         )
         .sort("meter_idx", "period", "order", "version", "code")
-        .with_columns(line_no=pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(key))
+        .with_columns(line_no=_numbers_in_runs(key))
     )
     totals = lines.group_by(key).agg(
         total_amount=pl.col("amount").filter(pl.col("kind") == "charge").sum()
@@ -1503,7 +1549,8 @@ def _finish(priced: pl.DataFrame, bills: pl.DataFrame) -> BillFrames:
     )
     return BillFrames(
         bills=out_bills,
-        lines=lines.sort("meter_id", "period", "line_no").select(
+        # meter_idx numbers the meters in meter_id order: the lines are in bill order already
+        lines=lines.select(
             "meter_id",
             "period",
             "line_no",
