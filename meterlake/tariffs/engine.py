@@ -517,7 +517,8 @@ def _aggregate(
     if export_priced:
         sums.append(exported.sum().alias("export_kwh"))
     if needs_power:  # power only matters to demand charges: without any, it is not computed
-        sums.append((imported * 60.0 / pl.col("interval_minutes")).max().alias("max_kw"))
+        classed = classed.with_columns(kw=imported * 60.0 / pl.col("interval_minutes"))
+        sums.append(pl.col("kw").max().alias("max_kw"))
     energy = classed.group_by(key, "class").agg(sums)
     # filtered before the class gather, so the filter reaches the Parquet scan
     unusual = intervals.filter(pl.col("status") != "actual")
