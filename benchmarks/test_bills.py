@@ -26,15 +26,20 @@ pandas (a), pandas (b)
 Goals (issue 5): (a) within 3x of the floor, (b) within 8x, both at least 15x faster than pandas,
 peak memory under 4 GiB.
 
-Measured at full scale (2 cores, a shared machine, 2026-11-27): floor 0.85 s (DuckDB; Polars
-1.29 s); (a) 3.17 s, 18.2M intervals/s, 3.7x the floor (goal 3x missed), 12.8x faster than
-pandas (40.7 s; goal 15x missed); (b) 4.94 s, 5.8x the floor (goal 8x met), 21x faster than
-pandas (103.6 s; goal met); peak 0.59 GiB (pandas 8.7-11.2 GiB). From 2,000 to 20,000 meters
-the floor grows 9.4x, (a) 7.5x, (b) 6.8x. The first measurement of this session, before the
-chronological tiers were split by day and filtered at the scan: (a) 4.7x, (b) 11.5x the floor.
-Where (a)'s time goes: the one pass over the intervals takes about 2.2 s of the 3.2 s, and most
-of that is reading ``interval_start`` (which the floor does not read) and grouping by meter and
-class; the engine after it ~0.5 s, ids and writing ~0.3 s.
+Measured at full scale (2 cores, a shared machine, 2026-11-27, second session): floor 0.52 s
+(DuckDB; Polars 0.65 s); (a) 1.54 s, 37.4M intervals/s, 3.0x the floor (goal 3x met, narrowly:
+three more interleaved runs of the same evening gave 2.6x, 3.0x and 3.0x), 24.9x faster than
+pandas (38.4 s; goal 15x met); (b) 2.22 s, 4.3x the floor (goal 8x met), 30.6x faster than
+pandas (68.0 s); peak 0.57 GiB (pandas 8.8-12.4 GiB). From 2,000 to 20,000 meters the floor
+grows 10x, (a) 6.7x, (b) 6.2x.
+The first measurement of the session before, on a busier machine: (a) 3.7x, (b) 5.8x.
+Where (a)'s time goes: the one pass over the intervals about 0.9-1.0 s (the Polars floor alone
+is 0.65 s: Polars reads this Parquet slower than DuckDB, and the pass also reads
+``interval_start`` and groups by meter and class); the engine after it, the ids, the checks and
+the writes about 0.3 s together. What made (a) 3.7x -> 3.0x: export summed only from the
+intervals that have any (unless a tariff prices export), the step of an interval by integer
+arithmetic, no per-row filters (class, and time in the partitions wholly inside the range), and
+no re-grouping, window functions or joins after the pass where they are not needed.
 """
 
 from __future__ import annotations

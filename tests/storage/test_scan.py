@@ -121,6 +121,26 @@ def test_scan_range_is_exact_and_half_open(
     assert_frame_equal(sort_readings(got), sort_readings(four_days.filter(keep)))
 
 
+def test_scan_is_exact_at_every_partition_edge(lake: Path, four_days: pl.DataFrame) -> None:
+    """Partitions wholly inside the range are read without a row filter, those at its ends with
+    one: every pair of bounds on, just before and just after a day's edge gives the rows a
+    filter of everything gives."""
+    tick = dt.timedelta(microseconds=1)
+    edges: list[dt.datetime | None] = [None]
+    for day in range(5):
+        edges += [T0 + day * DAY - tick, T0 + day * DAY, T0 + day * DAY + tick]
+    edges.append(T0 + 2 * DAY + dt.timedelta(hours=7))
+    for start in edges:
+        for end in edges:
+            keep = pl.lit(value=True)
+            if start is not None:
+                keep &= pl.col("ts") >= start
+            if end is not None:
+                keep &= pl.col("ts") < end
+            got = scan(lake, READINGS, start, end).collect()
+            assert_frame_equal(sort_readings(got), sort_readings(four_days.filter(keep)))
+
+
 def test_scan_bounds_in_a_local_zone(lake: Path, four_days: pl.DataFrame) -> None:
     shanghai = ZoneInfo("Asia/Shanghai")  # UTC+8: the local day 10-02 is 10-01 16:00..10-02 16:00
     start = dt.datetime(2026, 10, 2, tzinfo=shanghai)

@@ -350,6 +350,27 @@ def test_net_billing_credits_every_intervals_export() -> None:
     assert total(frames.bills) == Decimal("0.60")
 
 
+def test_export_is_counted_whether_or_not_a_tariff_prices_it() -> None:
+    # without an export rule the engine sums export only over intervals that have any; with
+    # one, over all: the bill's export figure is the same, and only the priced one credits it
+    data = pl.concat(
+        [
+            hours("m1", OCT1, [1.0, 0.0, 0.0, 2.0], export=[0.0, 3.0, 1.5, 0.0]),
+            hours("m2", OCT1, [1.0, 1.0], export=[0.0, 0.0]),
+        ]
+    )
+    unpriced = bill(data, tariff(FLAT), ["2026-10"])
+    priced = bill(
+        data, tariff(FLAT + '\n[export]\nmode = "net_billing"\nsell_price = 0.2\n'), ["2026-10"]
+    )
+
+    for frames in (unpriced, priced):
+        exported = dict(frames.bills.select("meter_id", "energy_export_kwh").iter_rows())
+        assert exported == {"m1": pytest.approx(4.5), "m2": 0.0}
+    assert amounts(unpriced.lines) == {"energy": Decimal("1.50")}
+    assert amounts(priced.lines) == {"energy": Decimal("1.50"), "export_credit": Decimal("-0.90")}
+
+
 def test_net_metering_carries_surplus_kwh_and_pays_it_at_true_up() -> None:
     body = FLAT + '\n[export]\nmode = "net_metering"\ntrue_up_month = 12\ntrue_up_price = 0.1\n'
     data = pl.concat(
