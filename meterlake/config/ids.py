@@ -102,10 +102,14 @@ def stable_ids(frame: pl.DataFrame, columns: list[str], prefix: str) -> pl.Serie
         pl.concat_str([pl.col(c).cast(pl.String) for c in columns], separator="|").alias("k")
     )
     con = _hasher()
-    con.register("keys", keys.to_arrow())
     try:
+        con.register("keys", keys.to_arrow())
         table = con.sql("SELECT sha256(k) AS id FROM keys").to_arrow_table()
-    finally:
         con.unregister("keys")
+    except BaseException:
+        # a failed connection may stay invalid: the next call opens a new one
+        con.close()
+        del _local.con
+        raise
     digests = pl.DataFrame(pl.from_arrow(table))["id"]
     return prefix + digests.str.slice(0, 24)

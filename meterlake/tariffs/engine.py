@@ -1107,7 +1107,10 @@ def _chronological(
     # filtered before the class gather so the predicate reaches the scan, where Parquet
     # statistics skip the row groups of other meters (files are mostly sorted by meter)
     wanted = intervals.filter(pl.col("meter_id").is_in(crossing_meters["meter_id"].implode()))
-    classed = _with_class(wanted, crossing_meters, steps, t0, n_steps)
+    # only the bill's intervals (a class of -1 would gather the last class's window)
+    classed = _with_class(wanted, crossing_meters, steps, t0, n_steps).filter(
+        pl.col("class") != _NO_CLASS
+    )
     if "meter_idx" not in classed.collect_schema().names():
         classed = classed.join(
             crossing_meters.lazy().select("meter_id", "meter_idx"), on="meter_id"

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
+
+import duckdb
 import polars as pl
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meterlake.config import ids
 from meterlake.config.errors import PermanentError, UnsafeIdentifierError
 from meterlake.config.ids import (
     METER_ID_MAX_LEN,
     meter_id_is_safe,
+    stable_ids,
     validate_meter_id,
     validate_partition_value,
 )
@@ -122,3 +128,40 @@ def test_invalid_partition_values_are_refused(kind: str, value: str) -> None:
 def test_unknown_partition_kind_is_refused() -> None:
     with pytest.raises(UnsafeIdentifierError, match="unknown partition kind 'year'"):
         validate_partition_value("year", "2026")
+
+
+def _expected_id(*parts: str) -> str:
+    return "b-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+def test_stable_ids_are_the_sha256_of_the_joined_columns() -> None:
+    frame = pl.DataFrame({"meter": ["m-1", "m-2"], "period": ["2026-10", "2026-10"]})
+    assert stable_ids(frame, ["meter", "period"], "b-").to_list() == [
+        _expected_id("m-1", "2026-10"),
+        _expected_id("m-2", "2026-10"),
+    ]
+
+
+def test_stable_ids_open_a_new_connection_after_a_broken_one() -> None:
+    frame = pl.DataFrame({"meter": ["m-1"]})
+    ids._hasher().close()  # what an invalidated connection looks like to the next call
+    with pytest.raises(duckdb.Error):
+        stable_ids(frame, ["meter"], "b-")
+    assert stable_ids(frame, ["meter"], "b-").to_list() == [_expected_id("m-1")]
+
+
+def test_stable_ids_from_several_threads_at_once() -> None:
+    frames = [pl.DataFrame({"meter": [f"m-{t}-{i}" for i in range(500)]}) for t in range(4)]
+    results: dict[int, list[str]] = {}
+
+    def run(t: int) -> None:
+        for _ in range(5):
+            results[t] = stable_ids(frames[t], ["meter"], "b-").to_list()
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for t in range(4):
+        assert results[t] == [_expected_id(f"m-{t}-{i}") for i in range(500)]

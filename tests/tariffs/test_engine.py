@@ -169,14 +169,18 @@ def test_chronological_fills_tiers_in_time_order() -> None:
     kwh[0] = 90.0  # 1 Oct 00:00, valley
     kwh[10] = 30.0  # 1 Oct 10:00, peak: 10 kWh fill tier 1, 20 kWh go to tier 2
     kwh[30] = 5.0  # 2 Oct 06:00, valley: all tier 2
-    frames = bill(hours("m1", OCT1, kwh), tariff(body), ["2026-10"])
+    october = hours("m1", OCT1, kwh)
+    # the evening before: read with the bill's range (which starts hours early), never billed
+    september = hours("m1", dt.datetime(2026, 9, 30, 20), [50.0, 50.0])
+    for data in (october, pl.concat([september, october])):
+        frames = bill(data, tariff(body), ["2026-10"])
 
-    assert amounts(frames.lines) == {
-        "energy_tier1_peak": Decimal("6.00"),  # 10 x 0.6
-        "energy_tier2_peak": Decimal("18.00"),  # 20 x 0.9
-        "energy_tier1_valley": Decimal("27.00"),  # 90 x 0.3
-        "energy_tier2_valley": Decimal("2.50"),  # 5 x 0.5
-    }
+        assert amounts(frames.lines) == {
+            "energy_tier1_peak": Decimal("6.00"),  # 10 x 0.6
+            "energy_tier2_peak": Decimal("18.00"),  # 20 x 0.9
+            "energy_tier1_valley": Decimal("27.00"),  # 90 x 0.3
+            "energy_tier2_valley": Decimal("2.50"),  # 5 x 0.5
+        }
 
 
 def test_chronological_without_a_crossing_equals_pro_rata() -> None:
