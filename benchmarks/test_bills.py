@@ -26,20 +26,24 @@ pandas (a), pandas (b)
 Goals (issue 5): (a) within 3x of the floor, (b) within 8x, both at least 15x faster than pandas,
 peak memory under 4 GiB.
 
-Measured at full scale (2 cores, a shared machine, 2026-11-27, second session): floor 0.52 s
-(DuckDB; Polars 0.65 s); (a) 1.54 s, 37.4M intervals/s, 3.0x the floor (goal 3x met, narrowly:
-three more interleaved runs of the same evening gave 2.6x, 3.0x and 3.0x), 24.9x faster than
-pandas (38.4 s; goal 15x met); (b) 2.22 s, 4.3x the floor (goal 8x met), 30.6x faster than
-pandas (68.0 s); peak 0.57 GiB (pandas 8.8-12.4 GiB). From 2,000 to 20,000 meters the floor
-grows 10x, (a) 6.7x, (b) 6.2x.
+Measured at full scale (2 cores, a shared machine, 2026-11-27, second session), two full runs:
+floor 0.52 / 0.46 s (DuckDB; Polars 0.65 / 0.77 s); (a) 1.54 / 1.50 s, 37-38M intervals/s,
+3.0x / 3.2x the floor: the goal of 3x is not reliably met (eight more interleaved pairs of the
+same evening: median 3.2x, 3.05-3.34x; an earlier, quieter hour gave 2.6-3.0x); 25-26x faster
+than pandas (38.4 / 38.9 s; goal 15x met); (b) 2.22 / 2.57 s, 4.3x / 5.6x the floor (goal 8x
+met), 28-31x faster than pandas (68-71 s); peak 0.57 GiB (pandas 8.8-12.4 GiB). From 2,000
+to 20,000 meters the floor grows 9-10x, (a) 6.7-7.1x, (b) 6.2-6.6x.
 The first measurement of the session before, on a busier machine: (a) 3.7x, (b) 5.8x.
-Where (a)'s time goes: the one pass over the intervals about 0.9-1.0 s (the Polars floor alone
-is 0.65 s: Polars reads this Parquet slower than DuckDB, and the pass also reads
-``interval_start`` and groups by meter and class); the engine after it, the ids, the checks and
-the writes about 0.3 s together. What made (a) 3.7x -> 3.0x: export summed only from the
-intervals that have any (unless a tariff prices export), the step of an interval by integer
-arithmetic, no per-row filters (class, and time in the partitions wholly inside the range), and
-no re-grouping, window functions or joins after the pass where they are not needed.
+Where (a)'s time goes: the one pass over the intervals about 0.9-1.0 s, itself about twice the
+DuckDB floor (the Polars floor alone is 0.65-0.77 s: Polars reads this Parquet slower than
+DuckDB, and the pass also reads ``interval_start`` and groups by meter and class); the engine
+after it, the ids, the checks and the writes about 0.3 s together. The same pass in DuckDB was
+slower, not faster: with the class by a join to the step table 0.96 s, by ``list_extract``
+2.1 s, by a CASE on the time of day 1.1 s. What took (a) from 3.7-3.8x to 3.0-3.2x: export
+summed only from the intervals that have any (unless a tariff prices export), the step of an
+interval by integer arithmetic, no per-row filters (class, and time in the partitions wholly
+inside the range), and no re-grouping, window functions or joins after the pass where they are
+not needed.
 """
 
 from __future__ import annotations
