@@ -8,6 +8,7 @@ another day's files.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -104,23 +105,26 @@ def scan(
         predicates.append(col < _utc(end))
     if not predicates:
         return scan_files(files_in_range(root, table), table)
-    # runs of partitions in order: (files, whether their rows need the filter)
-    runs: list[tuple[list[Path], bool]] = []
-    for value in _partitions_in_range(root, table, start, end):
-        first, after = partition_span(table, value)
-        inside = (start is None or first >= _utc(start)) and (end is None or after <= _utc(end))
-        if runs and runs[-1][1] == (not inside):
-            runs[-1][0].extend(partition_files(root, table, value))
-        else:
-            runs.append((partition_files(root, table, value), not inside))
-    frames = [
-        scan_files(files, table).filter(*predicates) if filtered else scan_files(files, table)
-        for files, filtered in runs
-        if files
-    ]
+    frames = []
+    # partitions in order, in runs that lie wholly inside the range or not
+    for inside, values in itertools.groupby(
+        _partitions_in_range(root, table, start, end),
+        key=lambda value: _wholly_inside(table, value, start, end),
+    ):
+        files = [path for value in values for path in partition_files(root, table, value)]
+        if files:
+            frame = scan_files(files, table)
+            frames.append(frame if inside else frame.filter(*predicates))
     if len(frames) == 1:
         return frames[0]
     return pl.concat(frames, how="vertical") if frames else scan_files([], table)
+
+
+def _wholly_inside(
+    table: TableSpec, value: str, start: dt.datetime | None, end: dt.datetime | None
+) -> bool:
+    first, after = partition_span(table, value)
+    return (start is None or first >= _utc(start)) and (end is None or after <= _utc(end))
 
 
 def _utc(moment: dt.datetime) -> dt.datetime:
