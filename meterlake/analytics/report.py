@@ -50,6 +50,7 @@ from plotly.offline import get_plotlyjs  # type: ignore[import-untyped,unused-ig
 from meterlake.analytics.usage import TOU_CLASSES
 from meterlake.config.errors import ConfigError, PermanentError
 from meterlake.config.ids import validate_meter_id, validate_partition_value
+from meterlake.config.months import add_months
 from meterlake.config.schemas import (
     ALERTS,
     BILL_LINES,
@@ -315,12 +316,7 @@ def period_bounds(period: str) -> tuple[dt.date, dt.date]:
     except PermanentError:
         raise ReportError(f"period {period!r} is not a month YYYY-MM (e.g. 2026-10)") from None
     start = dt.date.fromisoformat(f"{period}-01")
-    return start, _add_months(start, 1)
-
-
-def _add_months(first: dt.date, months: int) -> dt.date:
-    index = first.year * 12 + first.month - 1 + months
-    return dt.date(index // 12, index % 12 + 1, 1)
+    return start, add_months(start, 1)
 
 
 def _newest_rows(
@@ -375,7 +371,7 @@ def gather_report(
     meter = scan_current_meters(root).filter(this_meter).collect()
     info = meter.row(0, named=True) if meter.height else {}
 
-    history_start = _add_months(start, -(2 * HISTORY_MONTHS - 1))
+    history_start = add_months(start, -(2 * HISTORY_MONTHS - 1))
     history = latest_daily(
         scan_days(root, DAILY_USAGE, history_start, end).select(_DAILY_SCALARS).filter(this_meter)
     ).collect()
@@ -497,7 +493,7 @@ def _local_midnight_utc(day: dt.date, timezone: str) -> dt.datetime:
 
 def _last_months(monthly: pl.DataFrame, start: dt.date) -> pl.DataFrame:
     """The :data:`HISTORY_MONTHS` months up to ``start``'s, each with its figures or nulls."""
-    labels = [f"{_add_months(start, -i):%Y-%m}" for i in reversed(range(HISTORY_MONTHS))]
+    labels = [f"{add_months(start, -i):%Y-%m}" for i in reversed(range(HISTORY_MONTHS))]
     return (
         pl.DataFrame({"month": labels})
         .join(monthly, on="month", how="left")
@@ -619,7 +615,7 @@ def _year_on_year(data: ReportData) -> Observation | None:
             "kwh_per_day": per_day,
             "last_kwh_per_day": last_per_day,
             "change_pct": 100 * (per_day - last_per_day) / last_per_day,
-            "last_period": f"{_add_months(data.period_start, -12):%Y-%m}",
+            "last_period": f"{add_months(data.period_start, -12):%Y-%m}",
         },
     )
 
@@ -1287,7 +1283,7 @@ def _partial_months(data: ReportData, lang: Language, t: Mapping[str, str]) -> s
     items = []
     for month, days in data.monthly.drop_nulls("days").select("month", "days").iter_rows():
         first = dt.date.fromisoformat(f"{month}-01")
-        if days < (_add_months(first, 1) - first).days:
+        if days < (add_months(first, 1) - first).days:
             items.append(t["month_days"].format(month=_month(month, lang), days=days))
     separator = "、" if lang == "zh" else ", "
     return t["partial_months"].format(months=separator.join(items)) if items else ""

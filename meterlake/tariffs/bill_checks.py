@@ -24,7 +24,6 @@ from meterlake.config.settings import BillSettings
 
 STATUS_RELEASED: Final = "released"
 STATUS_HELD: Final = "held"
-REASONS_SCHEMA: Final = pl.Schema({"meter_id": pl.String(), "hold_reasons": pl.List(pl.String())})
 
 
 def hold_reasons(
@@ -61,7 +60,6 @@ def hold_reasons(
     ('m2', ['negative total (CNY -5.00)'])
     """
     total = pl.col("total_amount").cast(pl.Float64)
-    money = _money_text
     year_before = (pl.col("period").str.slice(0, 4).cast(pl.Int32) - 1).cast(pl.String) + pl.col(
         "period"
     ).str.slice(4)
@@ -102,13 +100,13 @@ def hold_reasons(
     )
     ratio = settings.high_bill_ratio
     reasons = [
-        pl.when(total < 0).then(pl.format("negative total ({})", money(total))),
+        pl.when(total < 0).then(pl.format("negative total ({})", _money_text(total))),
         pl.when((pl.col("last_year") > 0) & (total > ratio * pl.col("last_year"))).then(
             pl.format(
                 "total {} is {}x the same month last year ({})",
-                money(total),
+                _money_text(total),
                 (total / pl.col("last_year")).round(1),
-                money(pl.col("last_year")),
+                _money_text(pl.col("last_year")),
             )
         ),
         pl.when(
@@ -118,9 +116,9 @@ def hold_reasons(
         ).then(
             pl.format(
                 "total {} is {}x the mean of the meter's last bills ({})",
-                money(total),
+                _money_text(total),
                 (total / pl.col("recent_mean")).round(1),
-                money(pl.col("recent_mean")),
+                _money_text(pl.col("recent_mean")),
             )
         ),
         pl.when(pl.col("estimated_share") > settings.hold_estimated_share).then(

@@ -30,6 +30,7 @@ from typing import Final
 import polars as pl
 
 from meterlake.config.ids import stable_ids
+from meterlake.config.months import add_months_to_label
 from meterlake.config.schemas import ALERTS, BILL_LINES, BILL_REVIEWS, BILLS, empty_frame
 from meterlake.config.settings import BillSettings
 from meterlake.storage.layout import list_partitions, partition_files
@@ -143,11 +144,10 @@ def _checked(root: Path, bills: pl.DataFrame, settings: BillSettings) -> pl.Data
     if bills.is_empty():
         return bills
     (label,) = bills["period"].unique().to_list()
-    year, month = (int(x) for x in label.split("-"))
-    earlier = [
-        f"{(year * 12 + month - 1 - k) // 12:04d}-{(year * 12 + month - 1 - k) % 12 + 1:02d}"
-        for k in (*range(1, settings.high_bill_recent + 1), 12)
-    ]
+    # the recent bills and the same month last year: one month may be both (recent >= 12)
+    earlier = sorted(
+        {add_months_to_label(label, -k) for k in (*range(1, settings.high_bill_recent + 1), 12)}
+    )
     history = pl.concat(
         [current_bills(root, p)[0].select("meter_id", "period", "total_amount") for p in earlier]
     )
@@ -193,9 +193,7 @@ def _prior_kwh(
 def _carry_in(root: Path, period: str) -> pl.DataFrame:
     """The net-metering credit per TOU period that each meter's current bill of the previous
     period carried out (its ``carry`` lines)."""
-    year, month = (int(x) for x in period.split("-"))
-    previous = f"{year - (month == 1):04d}-{(month - 2) % 12 + 1:02d}"
-    bills, lines = current_bills(root, previous)
+    bills, lines = current_bills(root, add_months_to_label(period, -1))
     return (
         lines.filter(pl.col("kind") == "carry")
         .join(bills.select("bill_id", "meter_id"), on="bill_id")

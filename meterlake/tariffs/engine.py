@@ -33,6 +33,7 @@ from typing import Final, Literal
 import polars as pl
 
 from meterlake.config.errors import PermanentError
+from meterlake.config.months import add_months
 from meterlake.tariffs.model import (
     ALL_PERIODS,
     DAY_TYPES,
@@ -159,10 +160,10 @@ def bill_range(periods: Sequence[str]) -> tuple[dt.datetime, dt.datetime]:
     latest, in zones from UTC+14 to UTC-12; the class tables place each interval exactly.
     """
     labels = sorted({_label(p) for p in periods})
-    first_y, first_m = _parse_period(labels[0])
-    last_y, last_m = _add_months(*_parse_period(labels[-1]), 1)
-    t0 = dt.datetime(first_y, first_m, 1, tzinfo=dt.UTC) - dt.timedelta(hours=14)
-    t1 = dt.datetime(last_y, last_m, 1, tzinfo=dt.UTC) + dt.timedelta(days=28, hours=12)
+    first = dt.date(*_parse_period(labels[0]), 1)
+    after = add_months(dt.date(*_parse_period(labels[-1]), 1), 1)
+    t0 = dt.datetime.combine(first, dt.time(), tzinfo=dt.UTC) - dt.timedelta(hours=14)
+    t1 = dt.datetime.combine(after, dt.time(), tzinfo=dt.UTC) + dt.timedelta(days=28, hours=12)
     return t0, t1
 
 
@@ -229,11 +230,6 @@ def _parse_period(period: str) -> tuple[int, int]:
 def _label(period: str) -> str:
     year, month = _parse_period(period)
     return f"{year:04d}-{month:02d}"
-
-
-def _add_months(year: int, month: int, months: int) -> tuple[int, int]:
-    index = year * 12 + (month - 1) + months
-    return index // 12, index % 12 + 1
 
 
 def _meter_combos(meters: pl.DataFrame, tariffs: Mapping[str, Tariff]) -> pl.DataFrame:
@@ -472,20 +468,27 @@ def _combo_steps(
 def _with_class(
     intervals: pl.LazyFrame, meters: pl.DataFrame, steps: pl.Series, t0: dt.datetime, n_steps: int
 ) -> pl.LazyFrame:
-    """``intervals`` of the billed meters with their ``class`` (``_NO_CLASS`` outside the bill
-    periods; and ``meter_idx`` unless all meters share one combo: then the join waits until
-    after the group-by, on far fewer rows)."""
+    """``intervals`` of the billed meters in the bill periods with their ``class`` (and
+    ``meter_idx`` unless all meters share one combo: then the join waits until after the
+    group-by, on far fewer rows)."""
     t1 = t0 + dt.timedelta(minutes=STEP_MINUTES * n_steps)
-    # integer arithmetic on the epoch: cheaper than a duration's total minutes on every row
-    origin = int(t0.timestamp()) * 1_000_000
-    step = (pl.col("interval_start").dt.epoch("us") - origin) // (STEP_MINUTES * 60_000_000)
+    step = step_since(t0)
     frame = intervals.filter(pl.col("interval_start").is_between(t0, t1, closed="left"))
     if meters["combo"].n_unique() == 1:
         base = int(meters["combo"][0]) * n_steps
-        return frame.with_columns(pl.lit(steps).gather(step + base).alias("class"))
-    return frame.join(
-        meters.lazy().select("meter_id", "meter_idx", "combo"), on="meter_id"
-    ).with_columns(pl.lit(steps).gather(pl.col("combo") * n_steps + step).alias("class"))
+        classed = frame.with_columns(pl.lit(steps).gather(step + base).alias("class"))
+    else:
+        classed = frame.join(
+            meters.lazy().select("meter_id", "meter_idx", "combo"), on="meter_id"
+        ).with_columns(pl.lit(steps).gather(pl.col("combo") * n_steps + step).alias("class"))
+    return classed.filter(pl.col("class") != _NO_CLASS)
+
+
+def step_since(t0: dt.datetime) -> pl.Expr:
+    """The 5-minute step of each ``interval_start`` since ``t0`` (whole seconds), by integer
+    arithmetic on the epoch: cheaper than a duration's total minutes on every row."""
+    origin = int(t0.timestamp()) * 1_000_000
+    return (pl.col("interval_start").dt.epoch("us") - origin) // (STEP_MINUTES * 60_000_000)
 
 
 def _aggregate(
@@ -501,12 +504,12 @@ def _aggregate(
 ) -> pl.DataFrame:
     """Energy, power and quality per (meter, class): the only pass over every interval.
 
-    The group-by runs only plain sums, maxima and counts (its fast path); intervals outside the
-    bill periods form their own groups, dropped afterwards (cheaper than filtering every row).
-    Quality counts come from the few intervals that are not ``actual``, in a second plan whose
-    filter on ``status`` Parquet statistics often answer without reading a value. Export too,
-    unless a tariff prices it (then the meters are PV sites and export is everywhere): without
-    PV it is the rare interval with any (a meter running backwards), found the same way.
+    The group-by runs only plain sums, maxima and counts (its fast path). Quality counts come
+    from the few intervals that are not ``actual``, in a second plan whose filter on ``status``
+    Parquet statistics often answer without reading a value. Export too, unless a tariff prices
+    it (then the meters are PV sites and export is everywhere): without PV, export is the rare
+    interval with any (a meter running backwards), and summing a column of zeros in the main
+    group-by cost more than a third plan that reads only that column and keeps its non-zeros.
     """
     imported = pl.col("energy_import_kwh")
     exported = pl.col("energy_export_kwh")
@@ -542,7 +545,7 @@ def _aggregate(
             .agg(exported.sum().alias("export_kwh"))
         )
     energy_frame, *sparse = pl.collect_all(plans)
-    aggregated = energy_frame.filter(pl.col("class") != _NO_CLASS)
+    aggregated = energy_frame
     for frame in sparse:
         aggregated = aggregated.join(frame, on=[key, "class"], how="left")
     aggregated = aggregated.with_columns(
@@ -1107,10 +1110,7 @@ def _chronological(
     # filtered before the class gather so the predicate reaches the scan, where Parquet
     # statistics skip the row groups of other meters (files are mostly sorted by meter)
     wanted = intervals.filter(pl.col("meter_id").is_in(crossing_meters["meter_id"].implode()))
-    # only the bill's intervals (a class of -1 would gather the last class's window)
-    classed = _with_class(wanted, crossing_meters, steps, t0, n_steps).filter(
-        pl.col("class") != _NO_CLASS
-    )
+    classed = _with_class(wanted, crossing_meters, steps, t0, n_steps)
     if "meter_idx" not in classed.collect_schema().names():
         classed = classed.join(
             crossing_meters.lazy().select("meter_id", "meter_idx"), on="meter_id"

@@ -23,7 +23,14 @@ from typing import Final
 
 import polars as pl
 
-from meterlake.tariffs.engine import STEP_MINUTES, _local_steps, _meter_combos, _window_start
+from meterlake.config.months import add_months
+from meterlake.tariffs.engine import (
+    STEP_MINUTES,
+    _local_steps,
+    _meter_combos,
+    _window_start,
+    step_since,
+)
 from meterlake.tariffs.model import Tariff
 
 TOU_CLASS_ORDER: Final = ("peak", "flat", "valley", "critical")
@@ -77,7 +84,7 @@ def with_tou_class(
     classes = pl.Enum(TOU_CLASS_ORDER)
     tables = [_step_classes(tariffs[tariff_id], t0, n_steps) for tariff_id in used]
     lookup = pl.concat(tables).cast(classes)
-    step = (pl.col("interval_start") - pl.lit(t0)).dt.total_minutes() // STEP_MINUTES
+    step = step_since(t0)
     inside = pl.col("interval_start").is_between(start, end, closed="left")
     if len(used) == 1:
         on_tariff = pl.col("meter_id").is_in(known["meter_id"].to_list())
@@ -97,10 +104,10 @@ def with_tou_class(
 def _step_classes(tariff: Tariff, t0: dt.datetime, n_steps: int) -> pl.Series:
     """The class of every 5-minute step from ``t0`` under ``tariff``: all null for a tariff
     without time of use (one period), whose split would say nothing."""
-    steps = _local_steps(tariff, t0, n_steps).sort("step")
-    names = steps["tou"].unique()
     if all(len(v.periods) <= 1 for v in tariff.versions):
         return pl.Series("tou", [None] * n_steps, dtype=pl.String)
+    steps = _local_steps(tariff, t0, n_steps).sort("step")
+    names = steps["tou"].unique()
     mapping = {name: tou_class_of(name) for name in names}
     return steps["tou"].replace_strict(mapping, return_dtype=pl.String)
 
@@ -129,10 +136,10 @@ def tier_windows(
             continue
         cycle_start = as_of.replace(day=combo["billing_day"])
         if as_of.day < combo["billing_day"]:
-            cycle_start = _months_later(cycle_start, -1)
+            cycle_start = add_months(cycle_start, -1)
         start = _window_start(version, as_of, cycle_start, combo["ty_month"], combo["ty_day"])
         reset = version.energy.tier_reset
-        end = _months_later(start, 12 if reset == "annual" else 1)
+        end = add_months(start, 12 if reset == "annual" else 1)
         rows.append(
             {
                 **combo,
@@ -158,11 +165,6 @@ def tier_windows(
     return params.join(windows, on=keys).select(
         "meter_id", "tariff_id", "tier_reset", "window_start", "window_end", "thresholds"
     )
-
-
-def _months_later(day: dt.date, months: int) -> dt.date:
-    index = day.year * 12 + day.month - 1 + months
-    return day.replace(year=index // 12, month=index % 12 + 1)
 
 
 def tier_progress(

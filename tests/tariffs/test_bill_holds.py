@@ -189,6 +189,23 @@ def test_a_bill_far_above_last_month_is_held_and_released_by_a_person(
     assert shown == [("released", "li.wei")]
 
 
+def test_a_recent_window_reaching_last_year_counts_that_bill_once(
+    tmp_path: Path, flat: dict[str, Tariff]
+) -> None:
+    # with the last 12 bills as "recent", the same month last year is in both references
+    lake = fleet_lake(tmp_path / "lake")
+    write_table(lake, INTERVALS, intervals("m-1", local(2025, 10, 1), 31 * 24, 0.5))
+    run_billing(lake, flat, "2025-10", run_id="last-year", now=NOW)
+
+    settings = BillSettings(high_bill_recent=12)
+    october = run_billing(lake, flat, "2026-10", run_id="oct", now=NOW, settings=settings)
+
+    assert sorted(october.bills["meter_id"]) == ["m-1", "m-2", "m-3"]
+    stored = scan(lake, BILLS).filter(pl.col("period") == "2026-10").collect()
+    assert sorted(stored["meter_id"]) == ["m-1", "m-2", "m-3"]
+    assert october.bills.filter(pl.col("meter_id") == "m-1")["status"].to_list() == ["released"]
+
+
 def test_an_open_critical_alert_holds_the_bill_until_it_is_resolved(
     tmp_path: Path, flat: dict[str, Tariff]
 ) -> None:

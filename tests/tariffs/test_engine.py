@@ -486,6 +486,21 @@ def test_rounding_half_up_and_half_even() -> None:
     assert amounts(bill(data, half_even, ["2026-10"]).lines) == {"energy": Decimal("0.12")}
 
 
+def test_meters_on_tariffs_with_different_rounding_in_one_run() -> None:
+    # each line is rounded by its own tariff's rule, also when one run has several rules
+    data = pl.concat([hours(meter, OCT1, [0.125]) for meter in ("m1", "m2", "m3")])
+    half_up = tariff("[energy]\nprices = { all = 1 }\n", "up")
+    half_even = tariff('rounding = "half_even"\n[energy]\nprices = { all = 1 }\n', "even")
+    yen = tariff("decimals = 0\n[energy]\nprices = { all = 20 }\n", "yen")  # 2.5 -> 3
+    meters = pl.DataFrame({"meter_id": ["m1", "m2", "m3"], "tariff_id": ["up", "even", "yen"]})
+
+    lines = bill(data, {"up": half_up, "even": half_even, "yen": yen}, ["2026-10"], meters).lines
+
+    assert amounts(lines, "m1") == {"energy": Decimal("0.13")}
+    assert amounts(lines, "m2") == {"energy": Decimal("0.12")}
+    assert amounts(lines, "m3") == {"energy": Decimal("3")}
+
+
 def test_estimated_and_missing_intervals_are_counted() -> None:
     data = pl.concat(
         [
