@@ -66,7 +66,8 @@ VOLTAGE_QUANTITIES: Final = ("voltage_v", "voltage_l1_v", "voltage_l2_v", "volta
 """The quantities an outage rule's ``voltage_below`` is compared with (any phase low: down)."""
 FEEDER_PREFIX: Final = "feeder:"
 _DAY: Final = dt.timedelta(days=1)
-_MOMENT: Final = "%Y-%m-%d %H:%M UTC"
+UTC_MINUTE: Final = "%Y-%m-%d %H:%M UTC"
+"""How a message writes a time (``2026-10-01 12:05 UTC``): strftime/``dt.to_string`` format."""
 
 
 # --- message helpers ------------------------------------------------------------------------
@@ -319,7 +320,7 @@ def meter_offline_conditions(
             pl.format(
                 "no reading for {} (last at {}); {}",
                 elapsed_text(pl.col("silent_minutes")),
-                pl.col("last_reading").dt.to_string(_MOMENT),
+                pl.col("last_reading").dt.to_string(UTC_MINUTE),
                 rule_text,
             )
         )
@@ -435,7 +436,7 @@ def prepaid_low_conditions(
         "prepaid balance {} is below the alert level {} (read {})",
         money(pl.col("value")),
         money(pl.lit(rule.below)),
-        pl.col("ts").dt.to_string(_MOMENT),
+        pl.col("ts").dt.to_string(UTC_MINUTE),
     )
     values = _values(
         pl.col("value").alias("balance"),
@@ -453,28 +454,18 @@ def data_quality_conditions(intervals: pl.LazyFrame, rule: DataQualityRule) -> p
     ``missing``).
     """
     status = pl.col("status")
+    statuses = [s.value for s in IntervalStatus]
     counts = (
         intervals.group_by("meter_id")
-        .agg(
-            pl.len().alias("intervals"),
-            *(
-                (status == s.value).sum().alias(s.value)
-                for s in (
-                    IntervalStatus.ACTUAL,
-                    IntervalStatus.ESTIMATED,
-                    IntervalStatus.EDITED,
-                    IntervalStatus.MISSING,
-                    IntervalStatus.SUSPECT,
-                )
-            ),
-        )
+        .agg(pl.len().alias("intervals"), *((status == s).sum().alias(s) for s in statuses))
         .with_columns(actual_share=pl.col("actual") / pl.col("intervals"))
         .filter(pl.col("actual_share") < rule.min_actual_share)
     )
     others = pl.concat_str(
         [
             pl.when(pl.col(s) > 0).then(pl.format("{} {}", pl.col(s), pl.lit(s)))
-            for s in ("estimated", "edited", "missing", "suspect")
+            for s in statuses
+            if s != IntervalStatus.ACTUAL
         ],
         separator=", ",
         ignore_nulls=True,
@@ -487,9 +478,7 @@ def data_quality_conditions(intervals: pl.LazyFrame, rule: DataQualityRule) -> p
         percent_text(pl.lit(rule.min_actual_share)),
         others,
     )
-    values = _values(
-        "intervals", "actual", "estimated", "edited", "missing", "suspect", "actual_share"
-    )
+    values = _values("intervals", *statuses, "actual_share")
     return _conditions(counts, message, values)
 
 

@@ -169,8 +169,7 @@ def deliver(
                 root,
                 ALERT_DELIVERIES,
                 accepted.select(
-                    *DELIVERY_KEY[:3],
-                    pl.col("sink"),
+                    *DELIVERY_KEY,
                     pl.lit(clock().astimezone(dt.UTC)).alias("delivered_at"),
                 ),
             )

@@ -24,20 +24,19 @@ from typing import Final
 
 import polars as pl
 
+from meterlake.alerts.conditions import UTC_MINUTE
 from meterlake.alerts.rules import AlertRule
 from meterlake.config.ids import stable_ids
-from meterlake.config.schemas import ALERTS, UTC_TS
+from meterlake.config.schemas import ALERTS
 
+# event states; their alphabetical order is also their order within one instant
 RAISED: Final = "raised"
 RENOTIFIED: Final = "renotified"
 RESOLVED: Final = "resolved"
-STATES: Final = (RAISED, RENOTIFIED, RESOLVED)
-"""Event states; their alphabetical order is also their order within one instant."""
 ALERT_ID_PREFIX: Final = "al-"
 POLICY_SCHEMA: Final = pl.Schema(
     {"rule": pl.String(), "severity": pl.String(), "cooldown": pl.Duration("us")}
 )
-_MOMENT: Final = "%Y-%m-%d %H:%M UTC"
 
 
 def rule_policies(rules: Sequence[AlertRule]) -> pl.DataFrame:
@@ -112,15 +111,13 @@ def alert_events(
             pl.lit(RESOLVED).alias("state"),
             pl.format(
                 "cleared (raised {}): {}",
-                pl.col("raised_at").dt.to_string(_MOMENT),
+                pl.col("raised_at").dt.to_string(UTC_MINUTE),
                 pl.col("message").fill_null("-"),
             ).alias("message"),
         )
         .select(columns)
     )
     later = pl.concat([renotified, resolved]).collect()
-    return (
-        pl.concat([raised.cast(ALERTS.schema), later.cast(ALERTS.schema)])
-        .sort("rule", "meter_id", "state")
-        .with_columns(pl.col("ts").cast(UTC_TS))
+    return pl.concat([raised.cast(ALERTS.schema), later.cast(ALERTS.schema)]).sort(
+        "rule", "meter_id", "state"
     )

@@ -21,7 +21,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, TypeAlias, get_args
+from typing import Annotated, Any, Final, Literal, TypeAlias
 
 from pydantic import (
     BaseModel,
@@ -53,7 +53,6 @@ AnomalyKind = Literal[
     "isolation",
 ]
 """The kinds ``anomaly_scores.kinds`` may hold (see ``meterlake.config.schemas.ANOMALY_SCORES``)."""
-ANOMALY_KINDS: Final = get_args(AnomalyKind)
 
 _DAY_RE: Final = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*d\s*$")
 _SECRET_KEYS: Final = frozenset({"password", "headers"})
@@ -61,7 +60,6 @@ _TOP_KEYS: Final = ("rules", "sinks", "delivery")
 _TIMEDELTA_REPR: Final = re.compile(r"datetime\.timedelta\(([^)]*)\)")
 
 Severity = Literal["info", "warning", "critical"]
-SEVERITIES: Final = get_args(Severity)
 
 
 class AlertRulesError(ConfigError):

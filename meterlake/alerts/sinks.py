@@ -204,19 +204,16 @@ class WebhookDestination:
     down and the run stops sending to it. Any other status (4xx): the event stays pending, the
     error is logged, and the next event is tried.
 
-    ``transport`` (an httpx transport, e.g. ``httpx.MockTransport``) and ``sleep`` are seams for
-    tests.
+    ``sleep`` is a seam for tests.
     """
 
     def __init__(
         self,
         spec: WebhookSink,
         *,
-        transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.spec = spec
-        self.transport = transport
         self.sleep = sleep
 
     @property
@@ -230,9 +227,7 @@ class WebhookDestination:
         headers = {"content-type": "application/json", **spec.headers}
         accepted: list[int] = []
         errors: list[str] = []
-        with httpx.Client(
-            timeout=spec.timeout.total_seconds(), headers=headers, transport=self.transport
-        ) as client:
+        with httpx.Client(timeout=spec.timeout.total_seconds(), headers=headers) as client:
             for number, event in enumerate(events):
                 ok, error, retryable = self._post(client, event)
                 if ok:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from meterlake.alerts.conditions import UTC_MINUTE
 from meterlake.alerts.job import AlertRunResult, run_alerts
 from meterlake.alerts.rules import AlertRules
 from meterlake.analytics.vee_job import VeeJobResult, run_vee
@@ -57,7 +58,7 @@ def utc_minute(value: object) -> str:
     '2026-10-01 12:05 UTC'
     """
     if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        return value.astimezone(dt.UTC).strftime(UTC_MINUTE)
     return str(value)
 
 

@@ -244,28 +244,33 @@ class JobRunner:
     def run_once(self, name: str) -> str:
         """Run job ``name`` now, logged like a scheduled run, without retries; returns its
         result line and raises what it raised."""
-        log.info("%s: started", name)
-        began = time.monotonic()
-        try:
-            summary = self.works[name](self.clock())
-        except Exception as exc:
-            log.error("%s: failed after %.1f s: %s", name, time.monotonic() - began, _what(exc))
-            raise
-        log.info("%s: done in %.1f s: %s", name, time.monotonic() - began, summary)
-        return summary
+
+        def failed(exc: Exception, seconds: float) -> None:
+            log.error("%s: failed after %.1f s: %s", name, seconds, _what(exc))
+
+        return self._timed(name, 0, failed)
 
     def _attempt(self, name: str, attempt: int) -> bool:
+        try:
+            self._timed(name, attempt, lambda exc, s: self._failed(name, attempt, exc, s))
+        except Exception:  # every failure is logged and maybe retried, never lost
+            return False
+        self._cancel_retry(name)
+        return True
+
+    def _timed(self, name: str, attempt: int, failed: Callable[[Exception, float], None]) -> str:
+        """Run job ``name`` as of ``clock()``: the one place a run is logged and timed. A
+        failure is handed to ``failed`` with the run's duration [s], then raised."""
         retry = f" (retry {attempt} of {self.retries})" if attempt else ""
         log.info("%s: started%s", name, retry)
         began = time.monotonic()
         try:
             summary = self.works[name](self.clock())
-        except Exception as exc:  # every failure is logged and maybe retried, never lost
-            self._failed(name, attempt, exc, time.monotonic() - began)
-            return False
+        except Exception as exc:
+            failed(exc, time.monotonic() - began)
+            raise
         log.info("%s: done in %.1f s: %s", name, time.monotonic() - began, summary)
-        self._cancel_retry(name)
-        return True
+        return summary
 
     def _failed(self, name: str, attempt: int, exc: Exception, seconds: float) -> None:
         # our own errors say what went wrong; anything else gets its traceback
