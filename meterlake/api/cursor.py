@@ -128,7 +128,7 @@ def signed_page(
 
 
 def load_cursor_key(path: Path | None) -> bytes:
-    """The key in ``path`` (at least 32 bytes), or a new random key when ``path`` is None.
+    """The bytes of ``path``, unchanged (at least 32), or a new random key when ``path`` is None.
 
     Raises
     ------
@@ -141,9 +141,11 @@ def load_cursor_key(path: Path | None) -> bytes:
         key = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"[api] cursor_key_file {path}: cannot read it ({exc})") from None
-    if len(key.strip()) < KEY_BYTES:
+    # The file's bytes are the key as they are: random bytes may well be whitespace, so
+    # stripping would shorten (and change) a key made with /dev/urandom.
+    if len(key) < KEY_BYTES:
         raise ConfigError(
-            f"[api] cursor_key_file {path}: holds {len(key.strip())} bytes, needs at least "
+            f"[api] cursor_key_file {path}: holds {len(key)} bytes, needs at least "
             f"{KEY_BYTES}; make one with `head -c 32 /dev/urandom > {path.name}`"
         )
-    return key.strip()
+    return key

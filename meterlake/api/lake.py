@@ -45,22 +45,20 @@ from meterlake.config.schemas import (
     BILL_REVIEWS,
     BILLS,
     DAILY_USAGE,
-    INTERVALS,
     METERS,
     TABLES,
     TIER_PROGRESS,
     IntervalStatus,
-    TableSpec,
 )
 from meterlake.config.timezones import is_timezone
 from meterlake.storage.layout import list_partitions, partition_files
 from meterlake.storage.scan import (
     alert_states,
-    bill_releases,
+    current_meters,
+    files_in_range,
     latest_rows,
-    latest_versions,
-    scan,
-    scan_current_meters,
+    released_bills,
+    scan_current_intervals,
     scan_days,
     scan_files,
 )
@@ -123,7 +121,9 @@ class Snapshots(Generic[T]):
                 return entry
             return None
 
-    def get(self, key: Hashable, list_files: Callable[[], Files], build: Callable[[Files], T]) -> T:
+    def get(
+        self, key: Hashable, list_files: Callable[[], Sequence[Path]], build: Callable[[Files], T]
+    ) -> T:
         """The snapshot ``key``: ``build(files)`` of the files ``list_files()`` names now.
 
         One thread builds a snapshot while the others asking for it wait for that one.
@@ -155,13 +155,15 @@ class Snapshots(Generic[T]):
 
 
 def read_stable(
-    list_files: Callable[[], Files], build: Callable[[Files], T], old: _Entry[T] | None = None
+    list_files: Callable[[], Sequence[Path]],
+    build: Callable[[Files], T],
+    old: _Entry[T] | None = None,
 ) -> tuple[Files, T]:
     """``build`` of the current files (``old``'s value when they are ``old``'s files), listed
     again when a file vanished while it was read (see :func:`retry_vanished`)."""
 
     def attempt() -> tuple[Files, T]:
-        files = list_files()
+        files = tuple(list_files())
         if old is not None and old.files == files:
             return files, old.value
         return files, build(files)
@@ -186,12 +188,6 @@ def retry_vanished(read: Callable[[], T]) -> T:
     raise LakeBusyError("the lake's files changed while they were read (a compaction?)")
 
 
-def table_files(root: Path, table: TableSpec, values: Sequence[str] | None = None) -> Files:
-    """The data files of ``table`` (of the partitions ``values``, or all), in a stable order."""
-    chosen = list_partitions(root, table) if values is None else values
-    return tuple(f for v in chosen for f in partition_files(root, table, v))
-
-
 # --- bills --------------------------------------------------------------------------------------
 
 
@@ -211,25 +207,17 @@ def bill_versions(bills: pl.LazyFrame, reviews: pl.LazyFrame) -> pl.LazyFrame:
     ...     "bill_id", "status", "superseded_by", "released_by").rows()
     [('b-1', 'released', 'b-2', None), ('b-2', 'released', None, 'li.wei')]
     """
-    bills = bills.filter(pl.col("bill_id").is_first_distinct())  # copies are exact (dedup key)
-    released = bill_releases(reviews)
+    versions = released_bills(bills, reviews)
     successors = (
-        bills.filter(pl.col("supersedes").is_not_null())
+        versions.filter(pl.col("supersedes").is_not_null())
         .sort("issued_at", "bill_id", nulls_last=False)
         .group_by("supersedes", maintain_order=True)
         .first()
         .select(bill_id="supersedes", superseded_by="bill_id")
     )
     return (
-        bills.join(released, on="bill_id", how="left")
-        .join(successors, on="bill_id", how="left")
-        .with_columns(
-            pl.when(pl.col("released_at").is_not_null())
-            .then(pl.lit("released"))
-            .otherwise(pl.col("status"))
-            .alias("status"),
-            pl.col("issued_at").dt.epoch("us").fill_null(_NULL_US).alias(SORT_KEY),
-        )
+        versions.join(successors, on="bill_id", how="left")
+        .with_columns(pl.col("issued_at").dt.epoch("us").fill_null(_NULL_US).alias(SORT_KEY))
         .sort(SORT_KEY, "bill_id")
     )
 
@@ -470,8 +458,8 @@ class LakeReader:
         return self._bills.get(
             period,
             lambda: (
-                table_files(self.root, BILLS, [period])
-                + table_files(self.root, BILL_REVIEWS, [period])
+                partition_files(self.root, BILLS, period)
+                + partition_files(self.root, BILL_REVIEWS, period)
             ),
             build,
         )
@@ -488,7 +476,8 @@ class LakeReader:
             )
             return PeriodLines.of(rows.select("bill_id", json_objects(rows, LINE_FIELDS)))
 
-        return self._lines.get(period, lambda: table_files(self.root, BILL_LINES, [period]), build)
+        listed = partial(partition_files, self.root, BILL_LINES, period)
+        return self._lines.get(period, listed, build)
 
     def find_bill(self, bill_id: str) -> tuple[PeriodBills, int] | None:
         """The bills of the period that holds ``bill_id`` and its row, or None."""
@@ -497,7 +486,7 @@ class LakeReader:
             return frozenset(scan_files(list(files), BILLS).select("bill_id").collect()["bill_id"])
 
         for period in reversed(self.periods()):
-            listed = partial(table_files, self.root, BILLS, [period])
+            listed = partial(partition_files, self.root, BILLS, period)
             if bill_id in self._ids.get(period, listed, ids):
                 bills = self.bills(period)
                 row = bills.row_of.get(bill_id)
@@ -505,13 +494,13 @@ class LakeReader:
         return None
 
     def _meter_table(self) -> dict[str, tuple[str | None, str | None]]:
-        def build(_files: Files) -> dict[str, tuple[str | None, str | None]]:
-            rows = scan_current_meters(self.root).select("meter_id", "account", "timezone")
-            frame = rows.collect()
+        def build(files: Files) -> dict[str, tuple[str | None, str | None]]:
+            rows = current_meters(scan_files(list(files), METERS))
+            frame = rows.select("meter_id", "account", "timezone").collect()
             pairs = zip(frame["account"], frame["timezone"], strict=True)
             return dict(zip(frame["meter_id"], pairs, strict=True))
 
-        return self._meters.get("meters", lambda: table_files(self.root, METERS), build)
+        return self._meters.get("meters", partial(files_in_range, self.root, METERS), build)
 
     def meter(self, meter_id: str) -> Meter:
         """A meter's account and time zone (the site's zone and no account without a master
@@ -535,8 +524,8 @@ class LakeReader:
         last = (end - dt.timedelta(microseconds=1)).astimezone(zone).date()
 
         def read() -> pl.DataFrame:
-            rows = latest_versions(
-                scan(self.root, INTERVALS, start, end).filter(pl.col("meter_id") == meter.meter_id)
+            rows = scan_current_intervals(self.root, start, end).filter(
+                pl.col("meter_id") == meter.meter_id
             )
             if resolution == "interval":
                 return rows.sort("interval_start").collect()
@@ -558,7 +547,7 @@ class LakeReader:
         """Each meter's latest tier progress (``tier_progress_current``)."""
         return self._frames.get(
             "tier_progress",
-            lambda: table_files(self.root, TIER_PROGRESS),
+            partial(files_in_range, self.root, TIER_PROGRESS),
             lambda files: latest_rows(
                 scan_files(list(files), TIER_PROGRESS), ["meter_id"], ["as_of", "computed_at"]
             ).collect(),
@@ -568,7 +557,7 @@ class LakeReader:
         """Every alert's latest state (:func:`alert_summaries`)."""
         return self._frames.get(
             "alerts",
-            lambda: table_files(self.root, ALERTS),
+            partial(files_in_range, self.root, ALERTS),
             lambda files: alert_summaries(scan_files(list(files), ALERTS)).collect(),
         )
 
@@ -577,7 +566,7 @@ class LakeReader:
         out = {}
         for name, table in TABLES.items():
             newest, count = 0.0, 0
-            for path in table_files(self.root, table):
+            for path in files_in_range(self.root, table):
                 try:
                     newest = max(newest, path.stat().st_mtime)
                 except FileNotFoundError:  # compacted away since it was listed

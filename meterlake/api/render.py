@@ -44,9 +44,9 @@ def json_ready(frame: pl.DataFrame, columns: Sequence[str] | None = None) -> pl.
     )
 
 
-def json_rows(frame: pl.DataFrame, columns: Sequence[str] | None = None) -> orjson.Fragment:
+def json_rows(frame: pl.DataFrame) -> orjson.Fragment:
     """The rows of ``frame`` as a JSON array of objects, ready to embed with orjson."""
-    return orjson.Fragment(json_ready(frame, columns).write_json().encode())
+    return orjson.Fragment(json_ready(frame).write_json().encode())
 
 
 def json_objects(frame: pl.DataFrame, columns: Sequence[str]) -> pl.Series:

@@ -26,20 +26,6 @@ from meterlake.config.settings import Settings
 log = logging.getLogger("meterlake.api")
 
 
-def resolve_api_paths(settings: Settings, base: Path | None) -> Settings:
-    """``settings`` with the ``[api]`` file paths made relative to ``base`` (the config
-    file's directory; None: the working directory)."""
-    if base is None:
-        return settings
-    keys = ("tls_cert", "tls_key", "cursor_key_file")
-    paths = {
-        k: base / v
-        for k in keys
-        if (v := getattr(settings.api, k)) is not None and not v.is_absolute()
-    }
-    return settings.model_copy(update={"api": settings.api.model_copy(update=paths)})
-
-
 def listen(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` (IPv4 or IPv6; port 0: a free one).
 

@@ -35,7 +35,7 @@ from meterlake.alerts.rules import load_alert_rules
 from meterlake.analytics.quality import quality_figures
 from meterlake.analytics.report import Language as ReportLang
 from meterlake.analytics.report import write_report
-from meterlake.api.serve import resolve_api_paths, serve
+from meterlake.api.serve import serve
 from meterlake.cli.jobs import (
     COMPACTION_COUNTS,
     alerts_job,
@@ -755,8 +755,7 @@ def serve_api(
     Bearer tokens come from [[api.tokens]] or $METERLAKE_API_TOKENS, TLS from [api] tls_cert
     and tls_key. Runs until SIGTERM/SIGINT. The endpoints: docs/api.md, or /docs.
     """
-    settings, path = load_settings(config)
-    settings = resolve_api_paths(settings, None if path is None else path.parent)
+    settings, _path = load_settings(config)
     root = require_lake(lake if lake is not None else settings.lake.path)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -302,8 +302,13 @@ def _resolve_relative_paths(settings: Settings, base: Path) -> Settings:
     alerts = settings.schedule.alerts.model_copy(
         update={"rules": None if rules is None else resolve(rules)}
     )
+    api_keys = ("tls_cert", "tls_key", "cursor_key_file")
+    api = settings.api.model_copy(
+        update={k: resolve(v) for k in api_keys if (v := getattr(settings.api, k)) is not None}
+    )
     return settings.model_copy(
         update={
+            "api": api,
             "bill": bill,
             "schedule": settings.schedule.model_copy(update={"alerts": alerts}),
             "lake": lake,

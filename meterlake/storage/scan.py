@@ -139,13 +139,6 @@ def latest_rows(frame: pl.LazyFrame, key: Sequence[str], order: Sequence[str]) -
     return frame.sort(list(order), nulls_last=False).group_by(list(key), maintain_order=True).last()
 
 
-def scan_latest(
-    root: Path, table: TableSpec, key: Sequence[str], order: Sequence[str]
-) -> pl.LazyFrame:
-    """:func:`latest_rows` of the whole of ``table``."""
-    return latest_rows(scan(root, table), key, order)
-
-
 def scan_days(root: Path, table: TableSpec, first: dt.date, end: dt.date) -> pl.LazyFrame:
     """Rows of a table whose time column is a local day (``daily_usage``, ...) from ``first``
     up to ``end`` (exclusive); only the partitions that can hold them are read."""
@@ -159,10 +152,15 @@ def scan_days(root: Path, table: TableSpec, first: dt.date, end: dt.date) -> pl.
     )
 
 
-def scan_current_meters(root: Path) -> pl.LazyFrame:
+def current_meters(meters: pl.LazyFrame) -> pl.LazyFrame:
     """Each meter's current master record: its row of ``meters`` with the latest ``updated_at``
     (what the catalogue's ``meters_current`` view shows)."""
-    return scan_latest(root, METERS, ["meter_id"], ["updated_at"])
+    return latest_rows(meters, ["meter_id"], ["updated_at"])
+
+
+def scan_current_meters(root: Path) -> pl.LazyFrame:
+    """:func:`current_meters` of the whole of ``meters``."""
+    return current_meters(scan(root, METERS))
 
 
 def latest_versions(intervals: pl.LazyFrame) -> pl.LazyFrame:
@@ -202,23 +200,35 @@ def scan_current_intervals(
     return latest_versions(intervals) if later.height else intervals
 
 
-def current_bill_versions(bills: pl.LazyFrame, reviews: pl.LazyFrame) -> pl.LazyFrame:
-    """The highest version of each (meter, period)'s bill, released by reviews: ``bills_current``.
+def released_bills(bills: pl.LazyFrame, reviews: pl.LazyFrame) -> pl.LazyFrame:
+    """Every bill version once, with its release applied: one row per ``bill_id`` (the first
+    copy; copies are exact, the dedup key) and ``released_by``, ``released_at`` of its first
+    ``released`` review. A bill issued ``held`` counts as ``released`` once such a review exists.
 
-    A bill issued ``held`` counts as ``released`` once ``reviews`` holds a ``released`` row for
-    it; ``released_by`` and ``released_at`` name the first such review.
+    >>> t = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)
+    >>> bills = pl.LazyFrame({"bill_id": ["b-1", "b-1", "b-2"], "status": ["held"] * 3})
+    >>> reviews = pl.LazyFrame({"bill_id": ["b-2"], "action": ["released"],
+    ...     "reviewer": ["li.wei"], "reviewed_at": [t]})
+    >>> released_bills(bills, reviews).collect().select("bill_id", "status", "released_by").rows()
+    [('b-1', 'held', None), ('b-2', 'released', 'li.wei')]
     """
-    released = bill_releases(reviews)
-    current = latest_rows(
-        bills.unique("bill_id", keep="first", maintain_order=True),
-        ["meter_id", "period"],
-        ["version", "issued_at"],
+    return (
+        bills.filter(pl.col("bill_id").is_first_distinct())
+        .join(bill_releases(reviews), on="bill_id", how="left", maintain_order="left")
+        .with_columns(
+            pl.when(pl.col("released_at").is_not_null())
+            .then(pl.lit("released"))
+            .otherwise(pl.col("status"))
+            .alias("status")
+        )
     )
-    return current.join(released, on="bill_id", how="left").with_columns(
-        pl.when(pl.col("released_at").is_not_null())
-        .then(pl.lit("released"))
-        .otherwise(pl.col("status"))
-        .alias("status")
+
+
+def current_bill_versions(bills: pl.LazyFrame, reviews: pl.LazyFrame) -> pl.LazyFrame:
+    """The highest version of each (meter, period)'s bill, released by reviews: ``bills_current``
+    (:func:`latest_rows` of :func:`released_bills`)."""
+    return latest_rows(
+        released_bills(bills, reviews), ["meter_id", "period"], ["version", "issued_at"]
     )
 
 

@@ -89,11 +89,18 @@ def test_hostile_input_is_refused_with_a_4xx(server: ApiServer) -> None:
             response = client.get(path, params=query)
             assert 400 <= response.status_code < 500, (path, query, response.text)
             assert "Traceback" not in response.text
-            if response.headers.get("content-type") == "application/problem+json":
-                problem = response.json()
-                assert problem["status"] == response.status_code
-                assert problem["detail"]
-        assert client.post("/v1/bills", params={"period": PERIOD}).status_code == 405
+            assert response.headers["content-type"] == "application/problem+json", (
+                path,
+                query,
+                response.status_code,
+                response.headers.get("content-type"),
+            )
+            problem = response.json()
+            assert problem["status"] == response.status_code
+            assert problem["detail"]
+        post = client.post("/v1/bills", params={"period": PERIOD})
+        assert post.status_code == 405
+        assert post.headers["content-type"] == "application/problem+json"
         assert client.get("/healthz").status_code == 200
 
 

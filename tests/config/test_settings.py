@@ -244,6 +244,18 @@ def test_relative_tls_ca_file_is_relative_to_the_config_file(tmp_path: Path) -> 
     ]
 
 
+def test_relative_api_files_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[api]\ntls_cert = 'certs/api.pem'\ntls_key = '/etc/api.key'\n"
+        "cursor_key_file = 'cursor.key'\n",
+    )
+    settings, _ = load_settings(path, environ={})
+    assert settings.api.tls_cert == tmp_path / "etc" / "certs" / "api.pem"
+    assert settings.api.tls_key == Path("/etc/api.key")
+    assert settings.api.cursor_key_file == tmp_path / "etc" / "cursor.key"
+
+
 def test_absolute_lake_path_is_kept(tmp_path: Path) -> None:
     path = write(tmp_path, f"[lake]\npath = '{tmp_path / 'elsewhere'}'\n")
     settings, _ = load_settings(path, environ={})
