@@ -189,6 +189,8 @@ def test_curves_and_scoring_against_the_floor(
         f"(b) anomaly scoring of {rows['scoring']:,} meter-days: {seconds['scoring']:.2f} s "
         f"({seconds['scoring'] / floor:.1f}x the floor; goal < {GOAL_SCORING_S:.0f} s: {verdict})"
     )
+    if scale.strict:
+        assert seconds["scoring"] < GOAL_SCORING_S, (seconds["scoring"], GOAL_SCORING_S)
 
 
 @pytest.mark.timeout(4 * 3600)

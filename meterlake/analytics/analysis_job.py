@@ -4,8 +4,9 @@ scores for a range of local days, appended to ``daily_usage``, ``load_profiles``
 show each day's latest run).
 
 What a run reads: the meters' current master data, the current intervals of the range, the
-daily figures already in the lake for :data:`~meterlake.analytics.anomalies.HISTORY_DAYS`
-before it (the anomaly baselines look back that far) and, only for days without import, the raw
+daily figures already in the lake for the anomaly rules'
+:attr:`~meterlake.analytics.anomalies.AnomalyRules.history_days` before it (the baselines and
+the sustained-drop windows look back that far) and, only for days without import, the raw
 voltage and power readings (the zero-with-voltage rule). The split of import by tariff period
 is the tariffs stage's: the caller passes ``classify`` (intervals -> intervals with
 ``tou_class``), so this stage never imports tariffs.
@@ -22,7 +23,6 @@ from pathlib import Path
 import polars as pl
 
 from meterlake.analytics.anomalies import (
-    HISTORY_DAYS,
     SIGNALS_SCHEMA,
     AnomalyRules,
     score_anomalies,
@@ -137,8 +137,10 @@ def run_analysis(
     profiles = typical_profiles(daily, profile_rules)
     stamp = {"run_id": pl.lit(run_id), "computed_at": pl.lit(now.astimezone(dt.UTC))}
     daily = daily.join(profiles.assigned, on=["meter_id", "day"], how="left").with_columns(**stamp)
+    anomaly_rules = anomaly_rules or AnomalyRules()
+    history_start = first_day - dt.timedelta(days=anomaly_rules.history_days)
     history = latest_rows(
-        scan_days(root, DAILY_USAGE, first_day - dt.timedelta(days=HISTORY_DAYS), first_day),
+        scan_days(root, DAILY_USAGE, history_start, first_day),
         ["meter_id", "day"],
         ["computed_at", "run_id"],
     ).collect()

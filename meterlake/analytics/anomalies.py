@@ -9,7 +9,7 @@ baseline
     very regular meter is not flagged for a small wobble. ``surge``: z >= ``surge_z`` and at
     least ``surge_ratio`` x the median; ``drop``: z <= -``drop_z`` and at most ``drop_ratio`` x.
     Days with more than a tenth of their intervals missing (the first and last of the data, a
-    dead meter) take no part in baselines and are never a drop.
+    dead meter) take no part in baselines and have no ``robust_z``: never a surge or a drop.
 tamper rules
     ``sustained_drop``: the median of the last ``recent_days`` days is below ``sustained_ratio``
     of the median of the ``reference_days`` before them, and so is the day (a bypass keeps the
@@ -37,8 +37,6 @@ from sklearn.ensemble import IsolationForest
 from meterlake.config.schemas import ANOMALY_SCORES
 
 SCORE_COLUMNS: Final = tuple(c for c in ANOMALY_SCORES.schema if c not in ("run_id", "computed_at"))
-HISTORY_DAYS: Final = 40
-"""Days before a scored day its rules look at (reference window and like days)."""
 _MAD_TO_SIGMA: Final = 1.4826
 
 
@@ -69,6 +67,17 @@ class AnomalyRules:
     isolation_trees: int = 100
     isolation_fit_days: int = 50_000
     seed: int = 0
+
+    @property
+    def history_days(self) -> int:
+        """Days before a scored day the rules look at: the sustained-drop windows (the recent
+        days end on the day) and the like days (weekend days, the sparser kind, are two a week).
+
+        >>> AnomalyRules().history_days
+        32
+        """
+        like_reach = 7 * -(-self.like_days // 2)
+        return max(self.recent_days - 1 + self.reference_days, like_reach)
 
 
 SIGNALS_SCHEMA: Final = pl.Schema(
@@ -105,8 +114,8 @@ def score_anomalies(
     daily
         ``meter_id, day, interval_minutes, intervals, intervals_missing, energy_kwh,
         export_kwh, mean_kw, peak_kw, load_factor, base_load_kw, curve_kw, actual_share``:
-        the days to score *and* up to :data:`HISTORY_DAYS` before them (the caller drops the
-        history's rows from the result).
+        the days to score *and* up to :attr:`AnomalyRules.history_days` before them (the
+        caller drops the history's rows from the result).
     meters
         ``meter_id, import_only, vacant`` (nulls: false).
     signals
@@ -137,7 +146,8 @@ def score_anomalies(
 
 def _baseline(frame: pl.DataFrame, rules: AnomalyRules) -> pl.DataFrame:
     # a day with intervals missing (the first or last of the data, a dead meter) understates
-    # its use: it takes no part in baselines and cannot be a drop
+    # its use: it takes no part in baselines and gets no z, so it is never a surge or a drop
+    # and its score has no z term
     measured = pl.col("intervals") - pl.col("intervals_missing").fill_null(0)
     expected = 24 * 60 / pl.col("interval_minutes")
     frame = frame.with_columns(whole=measured >= expected * rules.whole_day_share)
@@ -162,7 +172,7 @@ def _baseline(frame: pl.DataFrame, rules: AnomalyRules) -> pl.DataFrame:
         rules.reference_days, min_samples=rules.min_reference_days
     )
     return frame.with_columns(
-        robust_z=(energy - pl.col("baseline_kwh")) / scale,
+        robust_z=pl.when(pl.col("whole")).then((energy - pl.col("baseline_kwh")) / scale),
         recent_kwh=recent.over("meter_id"),
         reference_kwh=reference.over("meter_id"),
         flat=(
@@ -202,7 +212,7 @@ def _combine(frame: pl.DataFrame, rules: AnomalyRules) -> pl.DataFrame:
     z = pl.col("robust_z")
     day_kind = pl.when(pl.col("weekend")).then(pl.lit("weekend day")).otherwise(pl.lit("weekday"))
     surge = (z >= rules.surge_z) & (energy >= base * rules.surge_ratio)
-    drop = pl.col("whole") & (z <= -rules.drop_z) & (energy <= base * rules.drop_ratio)
+    drop = (z <= -rules.drop_z) & (energy <= base * rules.drop_ratio)
     ratio = pl.col("recent_kwh") / pl.col("reference_kwh")
     sustained = (
         pl.col("whole")
@@ -218,7 +228,9 @@ def _combine(frame: pl.DataFrame, rules: AnomalyRules) -> pl.DataFrame:
     vacant = pl.col("vacant") & (energy.fill_null(0.0) > rules.vacant_kwh)
     isolated = pl.col("isolation") >= 0.5
     z_score = 1.0 - (-z.abs() / 6.0).exp()
-    parts = [
+    isolation_score = (pl.col("isolation") * rules.isolation_weight).fill_null(0.0)
+    # (kind, fires, reason, score while it fires; None: scored by the always-on terms only)
+    parts: list[tuple[str, pl.Expr, pl.Expr, pl.Expr | None]] = [
         (
             "surge",
             surge,
@@ -292,7 +304,7 @@ def _combine(frame: pl.DataFrame, rules: AnomalyRules) -> pl.DataFrame:
             "isolation",
             isolated,
             pl.format("unlike the fleet's days (isolation score {})", pl.col("isolation").round(2)),
-            pl.col("isolation") * rules.isolation_weight,
+            None,
         ),
     ]
     fired = [cond.fill_null(value=False) for _, cond, _, _ in parts]
@@ -304,11 +316,14 @@ def _combine(frame: pl.DataFrame, rules: AnomalyRules) -> pl.DataFrame:
             [pl.when(f).then(text) for (_, _, text, _), f in zip(parts, fired, strict=True)]
         ).list.drop_nulls(),
         score=pl.max_horizontal(
+            # always on, whether or not a rule fires: the z of a whole day and the isolation
+            # (alone at most isolation_weight)
             z_score.fill_null(0.0) * 0.9,
+            isolation_score,
             *[
                 pl.when(f).then(s).otherwise(0.0)
                 for (_, _, _, s), f in zip(parts, fired, strict=True)
+                if s is not None
             ],
-            (pl.col("isolation") * rules.isolation_weight).fill_null(0.0),
         ),
     )

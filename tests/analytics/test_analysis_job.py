@@ -12,12 +12,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from meterlake.analytics import analysis_job
 from meterlake.analytics.analysis_job import (
     AnalysisResult,
     Classifier,
     default_range,
     run_analysis,
 )
+from meterlake.analytics.anomalies import AnomalyRules
 from meterlake.analytics.vee_job import run_vee
 from meterlake.config.schemas import (
     ANOMALY_SCORES,
@@ -26,12 +28,13 @@ from meterlake.config.schemas import (
     LOAD_PROFILES,
     METERS,
     READINGS,
+    TableSpec,
 )
 from meterlake.config.settings import Settings
 from meterlake.ingest.simulator import FleetSpec, simulate_meter_records, simulate_readings
 from meterlake.storage.catalog import connect_catalog, refresh_catalog
 from meterlake.storage.layout import init_lake
-from meterlake.storage.scan import scan, scan_current_intervals
+from meterlake.storage.scan import scan, scan_current_intervals, scan_days
 from meterlake.storage.writer import write_table
 from meterlake.tariffs.model import Tariff
 from meterlake.tariffs.registry import load_tariffs
@@ -359,6 +362,23 @@ def test_history_before_the_range_reaches_the_anomaly_baselines(
     assert set(stored(work_lake, "daily_usage").filter(pl.col("run_id") == "ana-1")["day"]) == set(
         DAYS[:7]
     )
+
+
+def test_the_history_read_is_the_anomaly_rules_window(
+    work_lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a longer reference window reads further back (test_anomalies: why that many days)
+    reads: list[tuple[str, dt.date, dt.date]] = []
+
+    def spy(root: Path, table: TableSpec, first: dt.date, end: dt.date) -> pl.LazyFrame:
+        reads.append((table.name, first, end))
+        return scan_days(root, table, first, end)
+
+    monkeypatch.setattr(analysis_job, "scan_days", spy)
+    rules = AnomalyRules(reference_days=56)
+    run_analysis(work_lake, FIRST, END, run_id="ana-1", now=NOW, anomaly_rules=rules)
+    assert reads == [("daily_usage", FIRST - dt.timedelta(days=rules.history_days), FIRST)]
+    assert rules.history_days > AnomalyRules().history_days
 
 
 # --- the range ---------------------------------------------------------------------------------

@@ -120,6 +120,62 @@ def test_a_single_low_day_is_a_drop_but_a_partial_day_is_not() -> None:
     assert "drop" not in day_row(scores, "m1", 22)["kinds"]
 
 
+def test_a_partial_day_of_an_ordinary_meter_has_no_z_and_scores_low() -> None:
+    # day 22 lost 60 of its 96 intervals and holds only the energy of the other 36: no z (so
+    # no surge, drop or z term in the score), at most the isolation forest's capped score
+    energies = steady()
+    energies[22] = round(energies[22] * 36 / 96, 2)
+    frame = days("m1", energies).with_columns(
+        intervals_missing=pl.when(pl.col("day") == D0 + dt.timedelta(days=22))
+        .then(pl.lit(60, dtype=pl.Int32))
+        .otherwise(pl.col("intervals_missing"))
+    )
+    rules = AnomalyRules()
+    scores = score_anomalies(frame, meters_of("m1"), rules=rules)
+    partial = day_row(scores, "m1", 22)
+    assert partial["robust_z"] is None
+    assert partial["baseline_kwh"] == pytest.approx(10.0, rel=0.1)
+    assert not {"surge", "drop"} & set(partial["kinds"])
+    assert partial["score"] < rules.isolation_weight
+    assert partial["score"] == pytest.approx(partial["isolation"] * rules.isolation_weight)
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [AnomalyRules(), AnomalyRules(reference_days=45), AnomalyRules(like_days=12)],
+    ids=["default", "longer-reference", "more-like-days"],
+)
+def test_history_days_is_all_the_history_the_rules_see(rules: AnomalyRules) -> None:
+    # use rising for 72 days, then a sustained drop from two days before the first scored day
+    # (a Saturday: the like days reach furthest back from a weekend day, the reference window
+    # from a drop's third day): with exactly history_days of history the scored days get the
+    # baselines and reference levels they get with all of it, and one day less changes them
+    first = 74
+    assert (D0 + dt.timedelta(days=first)).weekday() == 5
+    noise = np.random.default_rng(3).uniform(0.9, 1.1, first - 2)
+    rising = np.linspace(10.0, 30.0, first - 2) * noise
+    daily = days("m1", [*rising.round(2).tolist(), *[3.0] * 9])
+    scored = pl.col("day") >= D0 + dt.timedelta(days=first)
+
+    def rules_see(history_days: int) -> pl.DataFrame:
+        cut = daily.filter(pl.col("day") >= D0 + dt.timedelta(days=first - history_days))
+        return (
+            score_anomalies(cut, meters_of("m1"), rules=rules)
+            .filter(scored)
+            .select(
+                "baseline_kwh",
+                "robust_z",
+                # the sustained drop's reason names the reference level (not the isolation's)
+                pl.col("reasons").list.eval(pl.element().filter(pl.element().str.contains("fell"))),
+            )
+        )
+
+    full = rules_see(first)
+    assert full["reasons"].list.len().sum() >= 4
+    assert rules_see(rules.history_days).equals(full)
+    assert not rules_see(rules.history_days - 1).equals(full)
+
+
 def test_a_sustained_drop_is_flagged_from_when_it_has_lasted() -> None:
     energies = steady(36)
     energies[24:] = [e * 0.25 for e in energies[24:]]

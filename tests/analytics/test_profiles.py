@@ -257,9 +257,7 @@ def test_only_partial_days_give_empty_frames(fleet: pl.DataFrame) -> None:
 
 
 def test_no_days_at_all_give_empty_frames(fleet: pl.DataFrame) -> None:
-    # BUG (see the report): on an empty frame _whole_days compares the curve lengths with
-    # `usual = None`, and Polars warns "Comparisons with None always result in null"
-    # (UserWarning, an error under filterwarnings=error); the result itself is right
+    # (without a warning: there is no usual curve length to compare with)
     assert_empty(typical_profiles(fleet.clear()))
 
 
@@ -272,20 +270,21 @@ def test_only_k_values_below_the_number_of_days_are_tried(fleet: pl.DataFrame) -
 
 
 def test_days_of_one_shape_do_not_crash_the_clustering() -> None:
-    # every whole day has the same normalised shape (constant loads of different sizes): there is
-    # one cluster to find, and k-means with k >= 2 finds fewer distinct clusters than asked
-    days = [FIRST + dt.timedelta(days=i) for i in range(6)]
+    # every whole day has the same normalised shape (constant loads of different sizes): with
+    # one distinct shape no k >= 2 can be clustered (k-means would warn, the silhouette fail),
+    # so there are no profiles, as with too few days; one day of another shape gives two
+    days = [FIRST + dt.timedelta(days=i) for i in range(7)]
     daily = pl.DataFrame(
         {
-            "meter_id": ["flat"] * 6,
+            "meter_id": ["flat"] * 7,
             "day": days,
-            "energy_kwh": [24.0 * (i + 1) for i in range(6)],
-            "curve_kw": [[float(i + 1)] * 96 for i in range(6)],
+            "energy_kwh": [24.0 * (i + 1) for i in range(6)] + [sum(home_shape()) / 4],
+            "curve_kw": [[float(i + 1)] * 96 for i in range(6)] + [home_shape().tolist()],
         }
     )
-    # BUG (see the report): KMeans(n_clusters=2) warns "Number of distinct clusters (1) found
-    # smaller than n_clusters (2)" (ConvergenceWarning: the failure under filterwarnings=error)
-    # and then silhouette_score raises ValueError "Number of labels is 1": a run whose whole days
-    # all share one shape crashes instead of giving one cluster (or no profiles)
+    assert_empty(typical_profiles(daily.head(6)))
     result = typical_profiles(daily)
-    assert set(result.assigned["profile"]) <= {0}
+    # clusters are numbered by size: the six flat days are profile 0, the other day 1
+    assert result.assigned.sort("day")["profile"].to_list() == [0] * 6 + [1]
+    portfolio = result.profiles.filter(pl.col("scope") == PORTFOLIO).sort("cluster")
+    assert portfolio["days"].to_list() == [6, 1]

@@ -365,8 +365,7 @@ def test_a_meter_whose_intervals_have_no_class_has_no_split() -> None:
     assert tou["energy_peak_kwh"] == pytest.approx(9.6)
     tiered = out.filter(pl.col("meter_id") == "tiered").row(0, named=True)
     assert tiered["energy_kwh"] == pytest.approx(9.6)
-    # BUG (see the report): the split of an unclassed meter comes out 0.0 per class, which reads
-    # as "no peak use" instead of "no split"
+    # no split, rather than 0.0 per class (which would read as "no peak use")
     for name in ("peak", "flat", "valley", "critical"):
         assert tiered[f"energy_{name}_kwh"] is None, name
 

@@ -68,10 +68,27 @@ def test_unknown_zones_are_refused_by_name() -> None:
         local_date(pl.col("t"), pl.col("tz"), ["UTC", "Mars/Olympus"])
 
 
-@pytest.mark.parametrize("zone", ["Asia/Shanghai", "Europe/Berlin", "America/New_York", "UTC"])
-def test_local_date_with_a_span_equals_the_conversion_per_row(zone: str) -> None:
-    start = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
-    end = dt.datetime(2026, 4, 15, tzinfo=dt.UTC)
+SPRING = (dt.datetime(2026, 3, 1, tzinfo=UTC), dt.datetime(2026, 4, 15, tzinfo=UTC))
+SUMMER = (dt.datetime(2026, 6, 1, tzinfo=UTC), dt.datetime(2026, 7, 15, tzinfo=UTC))
+
+
+@pytest.mark.parametrize(
+    ("zone", "span", "fast"),
+    [
+        ("Asia/Shanghai", SPRING, True),
+        ("UTC", SPRING, True),
+        ("Europe/Berlin", SPRING, False),  # summer time starts inside the span
+        ("America/New_York", SPRING, False),
+        ("Europe/Berlin", SUMMER, True),  # a zone with summer time, but no change in the span
+        ("America/New_York", SUMMER, True),
+    ],
+)
+def test_local_date_with_a_span_equals_the_conversion_per_row(
+    zone: str, span: tuple[dt.datetime, dt.datetime], fast: bool
+) -> None:
+    start, end = span
+    # the fixed-offset path is taken exactly when the zone keeps its offset in the span
+    assert (fixed_offset(zone, start, end) is not None) == fast
     frame = pl.DataFrame(
         {"t": pl.datetime_range(start, end, "15m", closed="left", time_zone="UTC", eager=True)}
     ).with_columns(tz=pl.lit(zone))
