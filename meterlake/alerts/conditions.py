@@ -47,6 +47,7 @@ from meterlake.config.schemas import (
     TableSpec,
 )
 from meterlake.storage.scan import (
+    latest_daily,
     latest_rows,
     scan,
     scan_current_intervals,
@@ -200,16 +201,11 @@ def tier_threshold_conditions(
     )
 
 
-def latest_anomalies(scores: pl.LazyFrame) -> pl.LazyFrame:
-    """Each (meter, day)'s latest run of ``anomaly_scores``: the ``anomalies`` view in Polars."""
-    return latest_rows(scores, ["meter_id", "day"], ["computed_at", "run_id"])
-
-
 def surge_conditions(scores: pl.LazyFrame, rule: SurgeRule, today: dt.date) -> pl.LazyFrame:
     """Meters whose most recent scored day of the last ``rule.lookback`` is a ``surge`` with a
     score of at least ``rule.min_score``; a newer day without one clears it."""
     first = today - dt.timedelta(days=_whole_days(rule.lookback))
-    days = latest_anomalies(scores.filter(pl.col("day").is_between(first, today + _DAY)))
+    days = latest_daily(scores.filter(pl.col("day").is_between(first, today + _DAY)))
     last_day = latest_rows(days, ["meter_id"], ["day"])
     hit = last_day.filter(
         pl.col("kinds").list.contains("surge") & (pl.col("score") >= rule.min_score)
@@ -245,7 +241,7 @@ def anomaly_conditions(scores: pl.LazyFrame, rule: AnomalyRule, today: dt.date) 
     when ``rule.kinds`` is given, with one of those kinds; the latest such day is reported."""
     lookback_days = _whole_days(rule.lookback)
     first = today - dt.timedelta(days=lookback_days)
-    days = latest_anomalies(scores.filter(pl.col("day").is_between(first, today + _DAY)))
+    days = latest_daily(scores.filter(pl.col("day").is_between(first, today + _DAY)))
     kinds = pl.col("kinds")
     if rule.kinds is not None:
         kinds = kinds.list.eval(pl.element().filter(pl.element().is_in(list(rule.kinds))))

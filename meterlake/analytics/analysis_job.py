@@ -39,7 +39,7 @@ from meterlake.config.schemas import (
     READINGS,
 )
 from meterlake.storage.scan import (
-    latest_rows,
+    latest_daily,
     scan,
     scan_current_intervals,
     scan_current_meters,
@@ -139,11 +139,7 @@ def run_analysis(
     daily = daily.join(profiles.assigned, on=["meter_id", "day"], how="left").with_columns(**stamp)
     anomaly_rules = anomaly_rules or AnomalyRules()
     history_start = first_day - dt.timedelta(days=anomaly_rules.history_days)
-    history = latest_rows(
-        scan_days(root, DAILY_USAGE, history_start, first_day),
-        ["meter_id", "day"],
-        ["computed_at", "run_id"],
-    ).collect()
+    history = latest_daily(scan_days(root, DAILY_USAGE, history_start, first_day)).collect()
     scored = pl.concat([history.select(daily.columns), daily], how="vertical_relaxed")
     signals = _signals(root, zero_day_candidates(daily, anomaly_rules), meters, default_timezone)
     scores = (

@@ -67,7 +67,7 @@ from meterlake.config.timezones import is_timezone
 from meterlake.storage.layout import list_partitions, partition_files
 from meterlake.storage.scan import (
     current_bill_versions,
-    latest_rows,
+    latest_daily,
     open_alerts,
     scan,
     scan_current_meters,
@@ -207,19 +207,6 @@ class Observation:
 
 
 # --- the vectorised core: the catalogue's views, in Polars -----------------------------------
-
-
-def latest_daily(daily: pl.LazyFrame) -> pl.LazyFrame:
-    """The latest row of each (meter, day) by ``computed_at``, then ``run_id``: ``daily_stats``.
-
-    >>> t = dt.datetime(2026, 10, 2, tzinfo=dt.UTC)
-    >>> rows = pl.LazyFrame({"meter_id": ["m1", "m1"], "day": [dt.date(2026, 10, 1)] * 2,
-    ...                      "computed_at": [t, t + dt.timedelta(hours=1)], "run_id": ["a", "b"],
-    ...                      "energy_kwh": [7.0, 7.5]})
-    >>> latest_daily(rows).collect()["energy_kwh"].to_list()
-    [7.5]
-    """
-    return latest_rows(daily, ["meter_id", "day"], ["computed_at", "run_id"])
 
 
 def monthly_usage(daily_stats: pl.LazyFrame) -> pl.LazyFrame:

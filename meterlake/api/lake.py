@@ -35,7 +35,6 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
-from meterlake.analytics.report import latest_daily
 from meterlake.api.models import BILL_FIELDS, LINE_FIELDS
 from meterlake.api.render import json_objects
 from meterlake.config.errors import LakeBusyError
@@ -56,6 +55,7 @@ from meterlake.storage.scan import (
     alert_states,
     current_meters,
     files_in_range,
+    latest_daily,
     latest_rows,
     released_bills,
     scan_current_intervals,

@@ -139,6 +139,20 @@ def latest_rows(frame: pl.LazyFrame, key: Sequence[str], order: Sequence[str]) -
     return frame.sort(list(order), nulls_last=False).group_by(list(key), maintain_order=True).last()
 
 
+def latest_daily(daily: pl.LazyFrame) -> pl.LazyFrame:
+    """The latest row of each (meter, day) by ``computed_at``, then ``run_id``: how the
+    catalogue's ``daily_stats`` and ``anomalies`` views pick an analysis run's rows.
+
+    >>> t = dt.datetime(2026, 10, 2, tzinfo=dt.UTC)
+    >>> rows = pl.LazyFrame({"meter_id": ["m1", "m1"], "day": [dt.date(2026, 10, 1)] * 2,
+    ...                      "computed_at": [t, t + dt.timedelta(hours=1)], "run_id": ["a", "b"],
+    ...                      "energy_kwh": [7.0, 7.5]})
+    >>> latest_daily(rows).collect()["energy_kwh"].to_list()
+    [7.5]
+    """
+    return latest_rows(daily, ["meter_id", "day"], ["computed_at", "run_id"])
+
+
 def scan_days(root: Path, table: TableSpec, first: dt.date, end: dt.date) -> pl.LazyFrame:
     """Rows of a table whose time column is a local day (``daily_usage``, ...) from ``first``
     up to ``end`` (exclusive); only the partitions that can hold them are read."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from meterlake.config.schemas import DAILY_USAGE, TIER_PROGRESS
-from meterlake.storage.scan import latest_rows, scan_current_meters, scan_days
+from meterlake.storage.scan import latest_daily, scan_current_meters, scan_days
 from meterlake.storage.writer import write_table
 from meterlake.tariffs.model import Tariff
 from meterlake.tariffs.usage import tier_progress, tier_windows
@@ -28,12 +28,10 @@ def run_tier_progress(
         return pl.DataFrame(schema=TIER_PROGRESS.schema)
     first = windows["window_start"].min()
     assert isinstance(first, dt.date)
-    daily = latest_rows(
+    daily = latest_daily(
         scan_days(root, DAILY_USAGE, first, as_of + dt.timedelta(days=1)).select(
             "meter_id", "day", "energy_kwh", "computed_at", "run_id"
-        ),
-        ["meter_id", "day"],
-        ["computed_at", "run_id"],
+        )
     ).collect()
     daily = daily.with_columns(pl.col("energy_kwh").fill_null(0.0))
     rows = tier_progress(daily, windows, as_of).with_columns(

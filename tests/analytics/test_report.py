@@ -18,7 +18,6 @@ from meterlake.analytics.report import (
     Observation,
     ReportData,
     ReportError,
-    current_bill_versions,
     gather_report,
     observation_text,
     observations,
@@ -40,6 +39,7 @@ from meterlake.config.schemas import (
     TIER_PROGRESS,
     TableSpec,
 )
+from meterlake.storage.scan import current_bill_versions
 from meterlake.storage.writer import write_table
 from tests.cli_runner import run_cli
 
