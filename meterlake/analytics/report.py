@@ -47,7 +47,6 @@ import polars as pl
 from markupsafe import Markup
 from plotly.offline import get_plotlyjs  # type: ignore[import-untyped,unused-ignore]
 
-from meterlake.analytics.usage import TOU_CLASSES
 from meterlake.config.errors import ConfigError, PermanentError
 from meterlake.config.ids import validate_meter_id, validate_partition_value
 from meterlake.config.months import add_months
@@ -59,6 +58,7 @@ from meterlake.config.schemas import (
     DAILY_USAGE,
     LOAD_PROFILES,
     TIER_PROGRESS,
+    TOU_CLASSES,
     TableSpec,
     empty_frame,
 )

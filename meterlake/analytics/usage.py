@@ -16,7 +16,8 @@ base_load_kw
     single quiet interval.
 energy_peak_kwh, energy_flat_kwh, energy_valley_kwh, energy_critical_kwh
     Import per class of the meter's tariff periods, when the intervals carry a ``tou_class``
-    (see :data:`TOU_CLASSES`; the tariffs stage adds it); null otherwise.
+    (see :data:`~meterlake.config.schemas.TOU_CLASSES`; the tariffs stage adds it); null
+    otherwise.
 intervals, intervals_estimated, intervals_missing, actual_share
     VEE's figures: rows of the day, how many were estimated or missing, the share ``actual``.
 curve_kw
@@ -46,11 +47,8 @@ from typing import Final
 import polars as pl
 
 from meterlake.config.localtime import local_date
-from meterlake.config.schemas import DAILY_USAGE, IntervalStatus
+from meterlake.config.schemas import DAILY_USAGE, TOU_CLASSES, IntervalStatus
 
-TOU_CLASSES: Final = ("peak", "flat", "valley", "critical")
-"""The classes of tariff periods the daily figures split import into (the ``tou_class``
-column of the intervals; see ``meterlake.tariffs.usage``)."""
 BASE_LOAD_QUANTILE: Final = 0.1
 STAT_COLUMNS: Final = tuple(
     c for c in DAILY_USAGE.schema if c not in ("profile", "run_id", "computed_at")

@@ -316,6 +316,10 @@ ALERT_DELIVERIES: Final = TableSpec(
 """One row per alert event (``alert_id, state, ts`` of ``alerts``) a sink accepted. An event a
 sink has no row for is still to be delivered to it: a sink that is down gets it on a later run."""
 
+TOU_CLASSES: Final = ("peak", "flat", "valley", "critical")
+"""The classes a tariff's TOU periods fall into, in the order the usage split shows them: the
+``energy_<class>_kwh`` columns of :data:`DAILY_USAGE`."""
+
 DAILY_USAGE: Final = TableSpec(
     name="daily_usage",
     schema=pl.Schema(

@@ -24,6 +24,7 @@ from typing import Final
 import polars as pl
 
 from meterlake.config.months import add_months
+from meterlake.config.schemas import TOU_CLASSES
 from meterlake.tariffs.engine import (
     STEP_MINUTES,
     _local_steps,
@@ -33,7 +34,6 @@ from meterlake.tariffs.engine import (
 )
 from meterlake.tariffs.model import Tariff
 
-TOU_CLASS_ORDER: Final = ("peak", "flat", "valley", "critical")
 RECENT_DAYS: Final = 14
 """Days of recent import the tier-crossing projection averages."""
 _CLASS_WORDS: Final = (
@@ -81,7 +81,7 @@ def with_tou_class(
     used = sorted(known["tariff_id"].unique())
     if not used:
         return intervals.with_columns(tou_class=pl.lit(None, dtype=pl.String))
-    classes = pl.Enum(TOU_CLASS_ORDER)
+    classes = pl.Enum(TOU_CLASSES)
     tables = [_step_classes(tariffs[tariff_id], t0, n_steps) for tariff_id in used]
     lookup = pl.concat(tables).cast(classes)
     step = step_since(t0)
