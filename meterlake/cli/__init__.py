@@ -469,6 +469,13 @@ def vee(
     out.print(vee_summary(result, settings.site.timezone))
 
 
+def _log_progress() -> None:
+    """Long-running commands (collect, serve, alerts, run) log what they do to stderr."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
 def _day(text: str | None, option: str) -> dt.date | None:
     if text is None:
         return None
@@ -603,9 +610,7 @@ def collect(
             "(see the README, 'Collecting')"
         )
     root = init_lake(lake if lake is not None else settings.lake.path)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _log_progress()
     spool = Spool(
         settings.spool.path,
         segment_bytes=settings.spool.segment_bytes,
@@ -757,9 +762,7 @@ def serve_api(
     """
     settings, _path = load_settings(config)
     root = require_lake(lake if lake is not None else settings.lake.path)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _log_progress()
     if not settings.api.tokens:
         err.print(
             "[yellow]warning:[/] no API tokens: every endpoint but /healthz answers 401; add "
@@ -837,9 +840,7 @@ def alerts(
             ) from None
         if moment.tzinfo is None:
             raise PermanentError(f"--now {now!r} has no time zone: add Z for UTC")
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _log_progress()
     result = alerts_job(root, checked, moment, clock=lambda: dt.datetime.now(dt.UTC))
     _refresh(root)
     counts = result.counts()
@@ -1024,9 +1025,7 @@ def run_jobs(
     """
     settings = _settings(config)
     root = _lake(lake, config)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _log_progress()
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     if once is not None:
         runner = JobRunner({once: job_work(once, root, settings)})
